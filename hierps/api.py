@@ -1,0 +1,161 @@
+"""The user-facing :class:`Model`: a validated design plus the verbs that fit it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from hierps.data import ColumnRoles, Design, build_design
+from hierps.exceptions import DataError
+from hierps.formula import roles_from_formula
+
+if TYPE_CHECKING:
+    import pymc as pm
+
+    from hierps.map import MapResult
+
+__all__ = ["Model"]
+
+
+class Model:
+    """A hierarchical logistic propensity model for units nested in groups.
+
+    Construction validates the data and builds the design; nothing is compiled or fitted
+    until :meth:`fit_map`, :meth:`sample` or :meth:`build_pymc` is called.
+
+    Parameters
+    ----------
+    data
+        One row per unit.
+    treatment, group, outcome
+        Column names: the binary treatment (0/1 or bool), the group id, and the outcome
+        (optional; needed for effect estimates).
+    unit_covariates
+        Columns that vary within groups; categorical ones are one-hot encoded with all levels.
+    group_covariates
+        Columns constant within each group; they enter the model of the group intercepts.
+    categorical
+        Covariates to treat as categorical even though they are numeric codes. String,
+        object and pandas categorical columns are categorical without being listed.
+    varying_slopes
+        Unit covariates (input names or encoded names such as ``"C1[4]"``) whose slopes vary by
+        group; ``None`` (default) lets every unit covariate vary.
+    standardize
+        ``True`` / ``"treated"`` (default: centre at the treated mean, divide by the treated
+        SD), ``"pooled"``, or ``False`` / ``"none"``.
+
+    Examples
+    --------
+    >>> import hierps
+    >>> study = hierps.datasets.simulate_multisite(seed=1)
+    >>> model = hierps.Model(study.data, treatment="z", group="school", outcome="y",
+    ...                      unit_covariates=study.unit_covariates,
+    ...                      group_covariates=study.group_covariates)
+    >>> fit = model.fit_map(sigma_beta=1.0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data: pd.DataFrame,
+        treatment: str,
+        group: str,
+        outcome: str | None = None,
+        unit_covariates: Sequence[str] = (),
+        group_covariates: Sequence[str] = (),
+        categorical: Sequence[str] = (),
+        varying_slopes: Sequence[str] | None = None,
+        standardize: bool | str = True,
+    ) -> None:
+        for argument, value in (
+            ("unit_covariates", unit_covariates),
+            ("group_covariates", group_covariates),
+            ("categorical", categorical),
+            ("varying_slopes", varying_slopes),
+        ):
+            if isinstance(value, str):
+                raise TypeError(
+                    f"{argument} must be a list of column names, not the string "
+                    f"{value!r}; write [{value!r}]"
+                )
+        if not unit_covariates and not group_covariates:
+            raise DataError("give at least one unit or group covariate")
+        roles = ColumnRoles(
+            treatment=treatment,
+            group=group,
+            outcome=outcome,
+            unit_covariates=tuple(unit_covariates),
+            group_covariates=tuple(group_covariates),
+            categorical=tuple(categorical),
+            varying_slopes=None if varying_slopes is None else tuple(varying_slopes),
+        )
+        self.data = data
+        self.design: Design = build_design(data, roles, standardize)
+
+    @classmethod
+    def from_formula(
+        cls,
+        formula: str,
+        data: pd.DataFrame,
+        outcome: str | None = None,
+        standardize: bool | str = True,
+    ) -> Model:
+        """Build a model from a Bambi-style formula.
+
+        ``"Z ~ S3 + C(C1) + X1 + (S3 | schoolid)"``: the response is the treatment; terms
+        constant within every group become group covariates; terms inside ``( … | group)``
+        get varying slopes; the other terms get fixed slopes. ``C(x)`` marks ``x`` as
+        categorical. The result is the same design as the keyword constructor gives.
+        """
+        roles = roles_from_formula(formula, data, outcome=outcome)
+        return cls(
+            data,
+            treatment=roles.treatment,
+            group=roles.group,
+            outcome=roles.outcome,
+            unit_covariates=roles.unit_covariates,
+            group_covariates=roles.group_covariates,
+            categorical=roles.categorical,
+            varying_slopes=roles.varying_slopes,
+            standardize=standardize,
+        )
+
+    def summary(self) -> str:
+        """The design summary: size, groups, treated per group, covariates at each level."""
+        return self.design.summary()
+
+    def __repr__(self) -> str:
+        return self.design.summary()
+
+    def build_pymc(self, loss: str = "bernoulli", **fixed: float) -> pm.Model:
+        """Build the PyMC model; see :func:`hierps.model.build_pymc`."""
+        from hierps.model import build_pymc
+
+        return build_pymc(self.design, loss=loss, **fixed)
+
+    def fit_map(
+        self,
+        sigma_alpha: float | None = None,
+        sigma_beta: float | Sequence[float] | None = None,
+        sigma_mu_beta: float | None = None,
+        sigma_gamma: float | None = None,
+        sigma_intercept: float | None = None,
+        tol: float = 1e-8,
+        max_iterations: int = 100,
+        init: MapResult | None = None,
+    ) -> MapResult:
+        """Fit the calibrated-loss mode: balancing weights; see :func:`hierps.map.fit_map`."""
+        from hierps.map import fit_map
+
+        return fit_map(
+            self.design,
+            sigma_alpha=sigma_alpha,
+            sigma_beta=sigma_beta,
+            sigma_mu_beta=sigma_mu_beta,
+            sigma_gamma=sigma_gamma,
+            sigma_intercept=sigma_intercept,
+            tol=tol,
+            max_iterations=max_iterations,
+            init=init,
+        )

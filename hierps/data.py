@@ -1,0 +1,474 @@
+"""Validation, encoding and standardization: from a DataFrame and column roles to a design.
+
+The design knows nothing of PyMC or of any fit; the PyMC graph (:mod:`hierps.model`) and the
+MAP solver (:mod:`hierps.map`) both consume it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from hierps.exceptions import DataError, HierpsWarning
+
+__all__ = ["ColumnRoles", "Design", "build_design"]
+
+STANDARDIZE_METHODS = ("treated", "pooled", "none")
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class ColumnRoles:
+    """Which column of the frame plays which part in the model."""
+
+    treatment: str
+    group: str
+    outcome: str | None = None
+    unit_covariates: tuple[str, ...] = ()
+    group_covariates: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    varying_slopes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Design:
+    """The validated arrays of a multilevel study, ready for the model and the solver.
+
+    Rows keep the order of the input frame. Unit and group covariates are encoded (one-hot
+    categoricals with names such as ``C1[4]``, missingness indicators ``x_missing``) and, by
+    default, standardized; ``unit_scaling`` and ``group_scaling`` hold the centre and scale of
+    every column so that results can be reported on the original scale.
+    """
+
+    roles: ColumnRoles
+    index: pd.Index
+    treatment: np.ndarray
+    outcome: np.ndarray | None
+    groups: pd.Index
+    group_codes: np.ndarray
+    unit_matrix: np.ndarray
+    unit_names: tuple[str, ...]
+    group_matrix: np.ndarray
+    group_names: tuple[str, ...]
+    varying: np.ndarray
+    unit_scaling: pd.DataFrame
+    group_scaling: pd.DataFrame
+    standardize: str
+    unit_sources: dict[str, str] = field(default_factory=dict)
+    group_sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.index)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    @property
+    def varying_names(self) -> tuple[str, ...]:
+        return tuple(name for name, vary in zip(self.unit_names, self.varying, strict=True) if vary)
+
+    @property
+    def treated_per_group(self) -> np.ndarray:
+        return np.bincount(self.group_codes, weights=self.treatment, minlength=self.n_groups)
+
+    @property
+    def units_per_group(self) -> np.ndarray:
+        return np.bincount(self.group_codes, minlength=self.n_groups)
+
+    def unit_frame(self, original_scale: bool = False) -> pd.DataFrame:
+        """The encoded unit covariates as a DataFrame on the frame's index."""
+        values = self.unit_matrix
+        if original_scale:
+            values = (
+                values * self.unit_scaling["scale"].to_numpy()
+                + self.unit_scaling["center"].to_numpy()
+            )
+        return pd.DataFrame(values, index=self.index, columns=list(self.unit_names))
+
+    def group_frame(self, original_scale: bool = False) -> pd.DataFrame:
+        """The encoded group covariates, one row per group."""
+        values = self.group_matrix
+        if original_scale:
+            values = (
+                values * self.group_scaling["scale"].to_numpy()
+                + self.group_scaling["center"].to_numpy()
+            )
+        return pd.DataFrame(values, index=self.groups, columns=list(self.group_names))
+
+    def summary(self) -> str:
+        """A readable description: size, groups, treated per group, covariates at each level."""
+        treated = self.treated_per_group
+        sizes = self.units_per_group
+        n_treated = int(self.treatment.sum())
+        varying = self.varying_names
+        fixed = [name for name in self.unit_names if name not in varying]
+        lines = [
+            f"hierps design: {self.n_units:,} units in {self.n_groups:,} groups "
+            f"('{self.roles.group}'), treatment '{self.roles.treatment}'",
+            f"  treated: {n_treated:,} ({n_treated / self.n_units:.1%}); per group "
+            f"min {treated.min():g} / median {np.median(treated):g} / max {treated.max():g}",
+            f"  group size: min {sizes.min():,} / median {np.median(sizes):g} / "
+            f"max {sizes.max():,}",
+            f"  outcome: {self.roles.outcome or '(none)'}",
+            f"  unit covariates ({len(self.unit_names)}): varying slopes: "
+            f"{_short_list(varying)}; fixed slopes: {_short_list(fixed)}",
+            f"  group covariates ({len(self.group_names)}): {_short_list(self.group_names)}",
+            f"  standardization: {self.standardize}",
+        ]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+def _short_list(names: Sequence[str], limit: int = 12) -> str:
+    if not names:
+        return "(none)"
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _list_labels(labels: Sequence[Hashable]) -> str:
+    labels = list(labels)
+    shown = ", ".join(repr(label) for label in labels[:_MAX_LISTED])
+    return shown + (f" and {len(labels) - _MAX_LISTED} more" if len(labels) > _MAX_LISTED else "")
+
+
+def _check_columns(frame: pd.DataFrame, names: Sequence[str], role: str) -> None:
+    available = [str(column) for column in frame.columns]
+    for name in names:
+        if name not in frame.columns:
+            close = difflib.get_close_matches(str(name), available, n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise DataError(f"{role} column {name!r} is not in the data{hint}")
+
+
+def _is_categorical(series: pd.Series, declared: bool) -> bool:
+    if declared:
+        return True
+    return isinstance(series.dtype, pd.CategoricalDtype) or not (
+        pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+    )
+
+
+def _levels(series: pd.Series) -> list:
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        used = set(series.dropna().unique())
+        return [level for level in series.cat.categories if level in used]
+    values = series.dropna().unique()
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)
+
+
+def _validate_treatment(frame: pd.DataFrame, column: str) -> np.ndarray:
+    series = frame[column]
+    missing = series.isna().to_numpy()
+    if missing.any():
+        raise DataError(
+            f"treatment column {column!r} has missing values in rows "
+            f"{_list_labels(frame.index[missing])}"
+        )
+    if pd.api.types.is_bool_dtype(series):
+        values = series.to_numpy(dtype=np.int8)
+    else:
+        unique = pd.unique(series)
+        bad = [value for value in unique if not _is_zero_or_one(value)]
+        if bad:
+            raise DataError(
+                f"treatment column {column!r} must be binary (0/1 or True/False); "
+                f"found values {_list_labels(sorted(bad, key=str))}"
+            )
+        values = series.to_numpy(dtype=float).astype(np.int8)
+    n_treated = int(values.sum())
+    if n_treated == 0:
+        raise DataError(f"treatment column {column!r} has no treated units (all are 0)")
+    if n_treated == len(values):
+        raise DataError(f"treatment column {column!r} has no control units (all are 1)")
+    return values
+
+
+def _is_zero_or_one(value: object) -> bool:
+    try:
+        return float(value) in (0.0, 1.0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _validate_groups(frame: pd.DataFrame, column: str) -> tuple[pd.Index, np.ndarray]:
+    series = frame[column]
+    missing = series.isna().to_numpy()
+    if missing.any():
+        raise DataError(
+            f"group column {column!r} has missing ids in rows {_list_labels(frame.index[missing])}"
+        )
+    labels = _levels(series)
+    groups = pd.Index(labels, name=column)
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        codes = pd.Categorical(series, categories=labels).codes.astype(np.int64)
+    else:
+        codes = groups.get_indexer(series)
+    return groups, codes
+
+
+def _validate_outcome(frame: pd.DataFrame, column: str | None) -> np.ndarray | None:
+    if column is None:
+        return None
+    series = frame[column]
+    if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        raise DataError(f"outcome column {column!r} must be numeric; it has dtype {series.dtype}")
+    missing = series.isna().to_numpy()
+    if missing.any():
+        raise DataError(
+            f"outcome column {column!r} has missing values in rows "
+            f"{_list_labels(frame.index[missing])}; drop those rows explicitly "
+            f"(e.g. data.dropna(subset=[{column!r}])) if that is what you intend"
+        )
+    return series.to_numpy(dtype=float)
+
+
+def _encode(
+    frame: pd.DataFrame, names: Sequence[str], categorical: set[str]
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """One-hot encode categoricals (all levels) and add missingness indicators.
+
+    Returns the encoded columns (NaN kept where a numeric value is missing) and, for every
+    encoded column, the name of the input column it came from.
+    """
+    columns: dict[str, pd.Series] = {}
+    sources: dict[str, str] = {}
+    for name in names:
+        series = frame[name]
+        missing = series.isna()
+        if _is_categorical(series, name in categorical):
+            for level in _levels(series):
+                encoded = f"{name}[{level}]"
+                columns[encoded] = (series == level).astype(float)
+                sources[encoded] = name
+        else:
+            columns[name] = series.astype(float)
+            sources[name] = name
+        if missing.any():
+            indicator = f"{name}_missing"
+            columns[indicator] = missing.astype(float)
+            sources[indicator] = name
+            warnings.warn(
+                f"covariate {name!r} has {int(missing.sum())} missing values: added the "
+                f"indicator {indicator!r} and set the missing entries to the centre used for "
+                f"standardization (the treated mean by default)",
+                HierpsWarning,
+                stacklevel=4,
+            )
+    encoded = pd.DataFrame(columns, index=frame.index)
+    return encoded, sources
+
+
+def _scaling(
+    values: pd.DataFrame, treated: np.ndarray, method: str, level: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """Centre and scale of each column; columns without variation are listed to be dropped."""
+    treated_mask = treated.astype(bool)
+    overall_sd = values.std(ddof=1)
+    constant = [name for name in values.columns if not overall_sd[name] > 0]
+    if method == "none":
+        center = pd.Series(0.0, index=values.columns)
+        scale = pd.Series(1.0, index=values.columns)
+    else:
+        treated_values = values[treated_mask]
+        control_values = values[~treated_mask]
+        pooled_sd = np.sqrt((treated_values.var(ddof=1) + control_values.var(ddof=1)) / 2)
+        if method == "treated":
+            center = treated_values.mean()
+            scale = treated_values.std(ddof=1)
+            fallback = [
+                name for name in values.columns if name not in constant and not scale[name] > 0
+            ]
+            if fallback:
+                warnings.warn(
+                    f"{level} covariates {_short_list(fallback)} have no variation among the "
+                    f"treated; they are scaled by the pooled standard deviation instead",
+                    HierpsWarning,
+                    stacklevel=4,
+                )
+                scale[fallback] = pooled_sd[fallback]
+                center[fallback] = center[fallback].fillna(values[fallback].mean())
+        else:
+            center = values.mean()
+            scale = pooled_sd
+        # A column that varies only across arms can still have zero pooled spread.
+        scale = scale.where(scale > 0, overall_sd)
+    if constant:
+        warnings.warn(
+            f"{level} covariates {_short_list(constant)} are constant in the data and are dropped",
+            HierpsWarning,
+            stacklevel=4,
+        )
+    table = pd.DataFrame({"center": center, "scale": scale}).drop(index=constant)
+    table.index.name = "covariate"
+    return table, constant
+
+
+def _check_constant_within_groups(frame: pd.DataFrame, group: str, names: Sequence[str]) -> None:
+    for name in names:
+        # Missing values count as a value of their own: NaN next to a number varies too.
+        per_group = frame.groupby(group, observed=True, sort=False)[name].nunique(dropna=False)
+        varying = per_group.index[per_group.to_numpy() > 1]
+        if len(varying):
+            raise DataError(
+                f"group covariate {name!r} varies within group(s) {_list_labels(varying)} "
+                f"of {group!r}; a group covariate must be constant within each group "
+                f"(use it as a unit covariate instead)"
+            )
+
+
+def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | str) -> Design:
+    """Validate the frame against the column roles and build the model's arrays.
+
+    Parameters
+    ----------
+    frame
+        One row per unit.
+    roles
+        The column roles; see :class:`ColumnRoles`.
+    standardize
+        ``True`` or ``"treated"`` centres each covariate at the treated mean and divides by
+        the treated standard deviation (natstrat's ``denom_variance="treated"``);
+        ``"pooled"`` centres at the overall mean and divides by the square root of the mean
+        of the two arms' variances; ``False`` or ``"none"`` leaves covariates as they are.
+
+    Returns
+    -------
+    Design
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"data must be a pandas DataFrame, not {type(frame).__name__}")
+    method = _standardize_method(standardize)
+    if len(frame) == 0:
+        raise DataError("the data frame is empty")
+    if not frame.index.is_unique:
+        duplicated = frame.index[frame.index.duplicated()].unique()
+        raise DataError(
+            f"the data frame's index has duplicated labels {_list_labels(duplicated)}; "
+            f"weights are reported on the index, so make it unique (e.g. reset_index())"
+        )
+    _check_columns(frame, [roles.treatment], "treatment")
+    _check_columns(frame, [roles.group], "group")
+    if roles.outcome is not None:
+        _check_columns(frame, [roles.outcome], "outcome")
+    _check_columns(frame, roles.unit_covariates, "unit covariate")
+    _check_columns(frame, roles.group_covariates, "group covariate")
+    _check_columns(frame, roles.categorical, "categorical")
+    overlap = set(roles.unit_covariates) & set(roles.group_covariates)
+    if overlap:
+        raise DataError(
+            f"columns {_list_labels(sorted(overlap))} are given both as unit and group covariates"
+        )
+    reserved = {roles.treatment, roles.group, roles.outcome}
+    for name in (*roles.unit_covariates, *roles.group_covariates):
+        if name in reserved:
+            raise DataError(f"column {name!r} cannot be both a covariate and {roles!r}")
+    undeclared = set(roles.categorical) - set(roles.unit_covariates) - set(roles.group_covariates)
+    if undeclared:
+        raise DataError(
+            f"categorical columns {_list_labels(sorted(undeclared))} are not among the covariates"
+        )
+
+    treatment = _validate_treatment(frame, roles.treatment)
+    groups, codes = _validate_groups(frame, roles.group)
+    outcome = _validate_outcome(frame, roles.outcome)
+    _check_constant_within_groups(frame, roles.group, roles.group_covariates)
+
+    n_treated = np.bincount(codes, weights=treatment, minlength=len(groups))
+    n_units = np.bincount(codes, minlength=len(groups))
+    only_treated = groups[(n_treated > 0) & (n_treated == n_units)]
+    if len(only_treated):
+        warnings.warn(
+            f"group(s) {_list_labels(only_treated)} of {roles.group!r} have treated units but no "
+            f"controls: their CATT cannot be estimated (NaN) and their treated units are left "
+            f"out of the ATT",
+            HierpsWarning,
+            stacklevel=3,
+        )
+
+    categorical = set(roles.categorical)
+    unit_encoded, unit_sources = _encode(frame, roles.unit_covariates, categorical)
+    unit_scaling, dropped = _scaling(unit_encoded, treatment, method, "unit")
+    unit_encoded = unit_encoded.drop(columns=dropped)
+    unit_matrix = _standardized(unit_encoded, unit_scaling)
+
+    # Group covariates are encoded once per group; their centre and scale are taken over the
+    # treated units (each carries its group's value), the same convention as unit covariates.
+    first_rows = pd.Series(np.arange(len(frame))).groupby(codes).first().to_numpy()
+    group_rows = frame.iloc[first_rows]
+    group_encoded, group_sources = _encode(group_rows, roles.group_covariates, categorical)
+    per_unit = group_encoded.iloc[codes].set_axis(frame.index)
+    group_scaling, dropped_groups = _scaling(per_unit, treatment, method, "group")
+    group_encoded = group_encoded.drop(columns=dropped_groups).set_axis(groups)
+    group_matrix = _standardized(group_encoded, group_scaling)
+
+    unit_names = tuple(unit_encoded.columns)
+    varying = _varying_mask(unit_names, unit_sources, roles.varying_slopes)
+    return Design(
+        roles=roles,
+        index=frame.index,
+        treatment=treatment,
+        outcome=outcome,
+        groups=groups,
+        group_codes=codes,
+        unit_matrix=unit_matrix,
+        unit_names=unit_names,
+        group_matrix=group_matrix,
+        group_names=tuple(group_encoded.columns),
+        varying=varying,
+        unit_scaling=unit_scaling,
+        group_scaling=group_scaling,
+        standardize=method,
+        unit_sources={k: v for k, v in unit_sources.items() if k in unit_names},
+        group_sources={k: v for k, v in group_sources.items() if k in group_encoded.columns},
+    )
+
+
+def _standardize_method(standardize: bool | str) -> str:
+    if standardize is True:
+        return "treated"
+    if standardize is False:
+        return "none"
+    if standardize in STANDARDIZE_METHODS:
+        return str(standardize)
+    raise ValueError(
+        f"standardize={standardize!r} is not one of True, False, {', '.join(STANDARDIZE_METHODS)}"
+    )
+
+
+def _standardized(encoded: pd.DataFrame, scaling: pd.DataFrame) -> np.ndarray:
+    center = scaling["center"].to_numpy()
+    scale = scaling["scale"].to_numpy()
+    values = (encoded.to_numpy(dtype=float) - center) / scale
+    # Missing entries sit at the centre; their missingness indicator carries the information.
+    return np.ascontiguousarray(np.nan_to_num(values, nan=0.0))
+
+
+def _varying_mask(
+    names: tuple[str, ...], sources: dict[str, str], varying_slopes: Sequence[str] | None
+) -> np.ndarray:
+    if varying_slopes is None:
+        return np.ones(len(names), dtype=bool)
+    requested = set(varying_slopes)
+    known = set(names) | set(sources.values())
+    unknown = requested - known
+    if unknown:
+        name = sorted(unknown)[0]
+        close = difflib.get_close_matches(name, sorted(known), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise DataError(f"varying slope {name!r} is not a unit covariate{hint}")
+    return np.array(
+        [name in requested or sources.get(name) in requested for name in names], dtype=bool
+    )

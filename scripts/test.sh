@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the linter and the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check hierps tests
+.venv/bin/python -m pytest -q -n 2 "$@"

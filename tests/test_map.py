@@ -1,0 +1,257 @@
+"""MAP weights: first-order identities, an independent convex solver, limits, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_frame
+
+import hierps
+from hierps.exceptions import HierpsWarning
+
+
+def fit_quietly(model, **hyperparameters):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        return model.fit_map(**hyperparameters)
+
+
+def assert_first_order_identities(model, fit, rtol=1e-6):
+    """Every row of the DESIGN.md §2 table, computed by hand from the weights."""
+    d = model.design
+    h = fit.hyperparameters
+    c = fit.coefficients
+    w = fit.weights.to_numpy()
+    treated = d.treatment == 1
+    control_w = np.where(treated, 0.0, w)
+    x, v, codes = d.unit_matrix, d.group_matrix, d.group_codes
+    n_treated_group = np.bincount(codes, weights=treated, minlength=d.n_groups)
+    weight_group = np.bincount(codes, weights=control_w, minlength=d.n_groups)
+    gap = weight_group - n_treated_group
+
+    def close(lhs, rhs, scale):
+        np.testing.assert_allclose(lhs, rhs, rtol=rtol, atol=rtol * scale)
+
+    n1 = treated.sum()
+    a0 = float(c["intercept"])
+    close(control_w.sum() - n1, -a0 / h.sigma_intercept**2, 1.0)
+    close(gap, -c["alpha_deviation"].to_numpy() / h.sigma_alpha**2, 1.0)
+    if v.shape[1]:
+        close(v.T @ gap, -c["gamma"].to_numpy() / h.sigma_gamma**2, 1.0)
+    global_imbalance = control_w @ x - treated @ x
+    close(global_imbalance, -c["mu_beta"].to_numpy() / h.sigma_mu_beta**2, 1.0)
+    varying = d.varying
+    school = np.zeros((d.n_groups, x.shape[1]))
+    np.add.at(school, codes, (control_w - treated)[:, None] * x)
+    sigma_beta = h.sigma_beta_vector(int(varying.sum()))
+    close(school[:, varying], -c["beta_deviation"].to_numpy() / sigma_beta**2, 1.0)
+
+
+CASES = {
+    "group covariates": dict(seed=1, n_group=2),
+    "no group covariates": dict(seed=2, n_group=0),
+    "categorical": dict(seed=3, categorical_levels=4),
+    "sizes 5 to 500": dict(seed=4, sizes=(5, 500), n_groups=20),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(
+    "hyperparameters",
+    [dict(), dict(sigma_beta=0.3, sigma_alpha=2.0, sigma_mu_beta=3.0, sigma_gamma=0.5)],
+    ids=["defaults", "custom"],
+)
+def test_first_order_conditions_hold(case, hyperparameters):
+    frame, roles = make_frame(**CASES[case])
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model, **hyperparameters)
+    assert fit.converged and fit.max_gradient <= 1e-8
+    assert fit.iterations < 30
+    assert_first_order_identities(model, fit)
+
+
+def test_partial_varying_slopes_and_vector_sigma_beta():
+    frame, roles = make_frame(seed=5, categorical_levels=3)
+    model = hierps.Model(frame, **roles, varying_slopes=["x1", "c1"])
+    assert model.design.varying_names == ("x1", "c1[a]", "c1[b]", "c1[c]")
+    fit = fit_quietly(model, sigma_beta=[0.5, 1.0, 2.0, 0.1])
+    assert_first_order_identities(model, fit)
+    # Fixed slopes have no group deviations at all.
+    beta = fit.coefficients["beta"]
+    assert np.allclose(
+        beta.sel(unit_covariate="x2"), fit.coefficients["mu_beta"].sel(unit_covariate="x2")
+    )
+
+
+def test_result_objects_are_named():
+    frame, roles = make_frame(seed=6)
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model)
+    assert fit.weights.index.equals(frame.index)
+    assert (fit.weights[frame["z"] == 1] == 1).all()
+    assert (fit.weights > 0).all()
+    catt = fit.catt
+    assert list(catt.columns) == ["estimate", "n_treated", "n_control", "weight_sum", "ess"]
+    assert catt.index.equals(model.design.groups)
+    assert catt["n_treated"].sum() == frame["z"].sum()
+    # Hand computation of one group's CATT and the ATT (Hájek).
+    school = model.design.groups[0]
+    rows = frame["school"] == school
+    t, y, w = frame.loc[rows, "z"], frame.loc[rows, "y"], fit.weights[rows]
+    expected = y[t == 1].mean() - np.average(y[t == 0], weights=w[t == 0])
+    assert catt.loc[school, "estimate"] == pytest.approx(expected, rel=1e-12)
+    att = np.average(catt["estimate"], weights=catt["n_treated"])
+    assert fit.att == pytest.approx(att, rel=1e-12)
+    ess = w[t == 0].sum() ** 2 / (w[t == 0] ** 2).sum()
+    assert catt.loc[school, "ess"] == pytest.approx(ess)
+    coefficients = fit.coefficients
+    assert coefficients["beta"].dims == ("group", "unit_covariate")
+    assert list(coefficients["group"].values) == list(model.design.groups)
+
+
+def primal_weights(model, fit):
+    """Solve the primal of DESIGN.md §2 with cvxpy and an exponential-cone solver."""
+    cp = pytest.importorskip("cvxpy")
+    d = model.design
+    h = fit.hyperparameters
+    treated = d.treatment == 1
+    controls = np.flatnonzero(~treated)
+    x, v, codes = d.unit_matrix, d.group_matrix, d.group_codes
+    n1_group = np.bincount(codes, weights=treated, minlength=d.n_groups)
+    indicator = np.zeros((len(controls), d.n_groups))
+    indicator[np.arange(len(controls)), codes[controls]] = 1.0
+    w = cp.Variable(len(controls), nonneg=True)
+    group_gap = indicator.T @ w - n1_group
+    global_imbalance = x[controls].T @ w - x[treated].sum(axis=0)
+    sigma_beta = h.sigma_beta_vector(int(d.varying.sum()))
+    objective = -cp.sum(cp.entr(w)) - cp.sum(w)
+    objective += h.sigma_intercept**2 / 2 * cp.square(cp.sum(w) - treated.sum())
+    objective += h.sigma_alpha**2 / 2 * cp.sum_squares(group_gap)
+    if v.shape[1]:
+        objective += h.sigma_gamma**2 / 2 * cp.sum_squares(v.T @ group_gap)
+    objective += h.sigma_mu_beta**2 / 2 * cp.sum_squares(global_imbalance)
+    for k in np.flatnonzero(d.varying):
+        school_k = indicator.T @ cp.multiply(x[controls, k], w) - np.bincount(
+            codes[treated], weights=x[treated, k], minlength=d.n_groups
+        )
+        position = int(np.flatnonzero(np.flatnonzero(d.varying) == k)[0])
+        objective += sigma_beta[position] ** 2 / 2 * cp.sum_squares(school_k)
+    problem = cp.Problem(cp.Minimize(objective))
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    return controls, w.value, problem.value
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_weights_equal_primal_solution_and_strong_duality(seed):
+    frame, roles = make_frame(seed=seed, sizes=(5, 40), n_groups=5, n_unit=2, n_group=1)
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model, sigma_beta=0.7, sigma_alpha=1.5)
+    controls, primal, primal_value = primal_weights(model, fit)
+    np.testing.assert_allclose(fit.weights.to_numpy()[controls], primal, rtol=1e-4, atol=1e-6)
+    # Fenchel duality: the primal minimum is minus the dual (calibrated-loss) minimum.
+    assert primal_value == pytest.approx(-fit.objective, rel=1e-6)
+
+
+def test_no_pooling_limit_gives_exact_within_group_balance():
+    frame, roles = make_frame(seed=21, sizes=(80, 150), n_groups=5, n_unit=2, n_group=0)
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model, sigma_beta=1e4, sigma_alpha=1e4)
+    balance = fit.balance()
+    within = balance[balance["scope"] == "group"]
+    assert np.abs(within["imbalance"]).max() < 1e-5
+    # Per-group entropy balancing: exact means within every group.
+    assert np.abs(within["smd_after"].dropna()).max() < 1e-6
+
+
+def test_complete_pooling_limit_gives_global_balance_only():
+    frame, roles = make_frame(
+        seed=22, sizes=(80, 150), n_groups=6, n_unit=2, n_group=0, sigma_beta=1.0
+    )
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(
+        model, sigma_beta=1e-4, sigma_alpha=1e-4, sigma_mu_beta=1e4, sigma_intercept=1e4
+    )
+    balance = fit.balance()
+    overall = balance[balance["scope"] == "global"]
+    within = balance[(balance["scope"] == "group") & (balance["covariate"] != "(intercept)")]
+    assert np.abs(overall["imbalance"]).max() < 1e-5
+    # Group deviations are (numerically) absent, so within-group imbalance remains.
+    assert np.abs(fit.coefficients["beta_deviation"]).max() < 1e-6
+    assert np.abs(within["smd_after"]).max() > 0.05
+
+
+def test_perfect_separation_in_a_group_gives_finite_weights():
+    frame, roles = make_frame(seed=31, sizes=(30, 60), n_groups=4, n_unit=1, n_group=0)
+    rows = frame["school"] == "s000"
+    frame.loc[rows, "z"] = (frame.loc[rows, "x1"] > frame.loc[rows, "x1"].median()).astype(int)
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model, sigma_beta=10.0)
+    assert np.isfinite(fit.weights).all() and fit.converged
+
+
+def test_group_without_controls_has_nan_catt_with_warning():
+    frame, roles = make_frame(seed=32, sizes=(10, 30), n_groups=4, n_unit=2, n_group=0)
+    frame.loc[frame["school"] == "s001", "z"] = 1
+    with pytest.warns(HierpsWarning, match="s001"):
+        model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model)
+    assert np.isfinite(fit.weights).all()
+    assert np.isnan(fit.catt.loc["s001", "estimate"])
+    assert np.isfinite(fit.att)
+
+
+def test_covariate_constant_within_one_group():
+    frame, roles = make_frame(seed=33, sizes=(10, 30), n_groups=4, n_unit=2, n_group=0)
+    frame.loc[frame["school"] == "s002", "x2"] = 0.5
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model, sigma_beta=5.0)
+    assert np.isfinite(fit.weights).all()
+    assert_first_order_identities(model, fit)
+
+
+def test_constant_covariate_is_dropped_with_warning():
+    frame, roles = make_frame(seed=34, sizes=(10, 30), n_groups=4, n_unit=2, n_group=0)
+    frame["x3"] = 1.0
+    roles["unit_covariates"] = [*roles["unit_covariates"], "x3"]
+    with pytest.warns(HierpsWarning, match="x3"):
+        model = hierps.Model(frame, **roles)
+    assert "x3" not in model.design.unit_names
+    assert np.isfinite(fit_quietly(model).weights).all()
+
+
+def test_non_convergence_raises_clear_error():
+    frame, roles = make_frame(seed=35)
+    model = hierps.Model(frame, **roles)
+    with pytest.raises(hierps.ConvergenceError, match="iterations"):
+        model.fit_map(max_iterations=1)
+
+
+def test_extreme_weights_warn_with_group_and_share():
+    frame, roles = make_frame(seed=36, sizes=(30, 60), n_groups=4, n_unit=2, n_group=0)
+    model = hierps.Model(frame, **roles)
+    with pytest.warns(HierpsWarning, match=r"s0\d\d.*%"):
+        model.fit_map(sigma_beta=100.0, sigma_alpha=100.0)
+
+
+def test_bad_hyperparameters_are_named():
+    frame, roles = make_frame(seed=37)
+    model = hierps.Model(frame, **roles)
+    with pytest.raises(ValueError, match="sigma_beta"):
+        model.fit_map(sigma_beta=-1.0)
+    with pytest.raises(ValueError, match="sigma_beta has 2 values"):
+        model.fit_map(sigma_beta=[1.0, 2.0])
+    with pytest.raises(TypeError, match="sigma_bet"):
+        model.fit_map(sigma_bet=1.0)
+
+
+def test_warm_start_reaches_same_optimum_faster():
+    frame, roles = make_frame(seed=38)
+    model = hierps.Model(frame, **roles)
+    first = fit_quietly(model, sigma_beta=0.5)
+    cold = fit_quietly(model, sigma_beta=0.6)
+    warm = fit_quietly(model, sigma_beta=0.6, init=first)
+    assert warm.iterations <= cold.iterations
+    pd.testing.assert_series_equal(warm.weights, cold.weights, rtol=1e-7)
