@@ -6,6 +6,7 @@ Bernoulli posterior carries propensity uncertainty into group and overall effect
 
 from hierps import datasets
 from hierps.api import Model
+from hierps.constraints import generate_constraints, stand
 from hierps.exceptions import ConvergenceError, DataError, FormulaError, HierpsError, HierpsWarning
 
 __version__ = "0.1.0"
@@ -18,4 +19,6 @@ __all__ = [
     "HierpsWarning",
     "Model",
     "datasets",
+    "generate_constraints",
+    "stand",
 ]

@@ -30,7 +30,7 @@ from hierps.estimands import GroupSums, att_from_catt, catt_from_weights, kish_e
 from hierps.exceptions import ConvergenceError, HierpsWarning
 from hierps.hyperparameters import MapHyperparameters
 
-__all__ = ["MapResult", "fit_map", "newton_solve"]
+__all__ = ["MapResult", "fit_map", "hierarchical_problem", "newton_solve", "objective"]
 
 CHUNK_ROWS = 1 << 16
 EXTREME_WEIGHT_SHARE = 0.2
@@ -199,6 +199,13 @@ def _objective(problem, theta_global, theta_local, weight_total) -> float:
         + np.sum(problem.prior_local * theta_local**2)
     )
     return weight_total - treated_eta + penalty
+
+
+def objective(problem: CalibratedProblem, theta_global, theta_local) -> float:
+    """The calibrated-loss objective with its prior penalties at any parameter value."""
+    eta = linear_predictor(problem, group_coefficients(problem, theta_global, theta_local))
+    with np.errstate(over="ignore"):
+        return _objective(problem, theta_global, theta_local, float(np.exp(eta).sum()))
 
 
 def _gradient_and_hessian(problem, theta_global, theta_local, moments):

@@ -1,0 +1,148 @@
+"""The one PyMC model: structure, densities checked by hand, and the same mode as fit_map."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pymc as pm
+import pytest
+from conftest import make_frame
+from scipy.special import log_expit
+
+import hierps
+from hierps.exceptions import HierpsWarning
+from hierps.hyperparameters import MapHyperparameters
+from hierps.map import hierarchical_problem, objective
+
+FIXED = dict(
+    sigma_alpha=1.3, sigma_beta=0.7, sigma_mu_beta=1.1, sigma_gamma=0.9, sigma_intercept=2.5
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    frame, roles = make_frame(
+        seed=1, sizes=(5, 100), n_groups=8, n_unit=2, n_group=1, categorical_levels=3
+    )
+    return hierps.Model(frame, **roles)
+
+
+@pytest.fixture(scope="module")
+def calibrated(model):
+    return model.build_pymc(loss="calibrated", **FIXED)
+
+
+def random_point(pymc_model, rng):
+    return {
+        rv.name: rng.normal(scale=0.5, size=pymc_model.initial_point()[rv.name].shape)
+        for rv in pymc_model.free_RVs
+    }
+
+
+def gaussian_constant(point, scales):
+    """−log of the Gaussian normalizers: what the PyMC density adds to the MAP objective."""
+    constant = 0.0
+    for name, value in point.items():
+        constant += np.size(value) * (0.5 * np.log(2 * np.pi) + np.log(scales.get(name, 1.0)))
+    return constant
+
+
+def test_names_dims_and_data_containers(model):
+    pymc_model = model.build_pymc()
+    assert {rv.name for rv in pymc_model.free_RVs} == {
+        "intercept",
+        "gamma",
+        "sigma_alpha",
+        "alpha_offset",
+        "mu_beta",
+        "sigma_beta",
+        "beta_offset",
+    }
+    assert {"alpha", "beta"} <= {d.name for d in pymc_model.deterministics}
+    dims = pymc_model.named_vars_to_dims
+    assert dims["beta"] == ("group", "unit_covariate")
+    assert dims["gamma"] == ("group_covariate",)
+    assert dims["sigma_beta"] == ("varying_covariate",)
+    assert list(pymc_model.coords["group"]) == list(model.design.groups)
+    assert list(pymc_model.coords["unit_covariate"]) == list(model.design.unit_names)
+    assert {"unit_design", "group_design", "group_index", "treatment"} <= set(pymc_model.named_vars)
+
+
+def test_fixed_hyperparameters_are_constants(model, calibrated):
+    names = {rv.name for rv in calibrated.free_RVs}
+    assert "sigma_alpha" not in names and "sigma_beta" not in names
+    assert "calibrated_loss" in {p.name for p in calibrated.potentials}
+    with pytest.raises(TypeError, match="unknown hyperparameter"):
+        model.build_pymc(sigma_betta=1.0)
+    with pytest.raises(ValueError, match="loss"):
+        model.build_pymc(loss="probit")
+
+
+def test_bernoulli_density_matches_numpy(model):
+    pymc_model = model.build_pymc(loss="bernoulli", **FIXED)
+    rng = np.random.default_rng(0)
+    logp = pymc_model.compile_logp()
+    d = model.design
+    for _ in range(3):
+        point = random_point(pymc_model, rng)
+        alpha = (
+            point["intercept"]
+            + d.group_matrix @ point["gamma"]
+            + FIXED["sigma_alpha"] * point["alpha_offset"]
+        )
+        beta = np.tile(point["mu_beta"], (d.n_groups, 1))
+        beta[:, d.varying] += FIXED["sigma_beta"] * point["beta_offset"]
+        eta = alpha[d.group_codes] + np.einsum("nk,nk->n", d.unit_matrix, beta[d.group_codes])
+        likelihood = np.sum(np.where(d.treatment == 1, log_expit(eta), log_expit(-eta)))
+        prior = sum(
+            -0.5
+            * np.sum((value / {"intercept": 2.5, "gamma": 0.9, "mu_beta": 1.1}.get(name, 1)) ** 2)
+            for name, value in point.items()
+        )
+        scales = {"intercept": 2.5, "gamma": 0.9, "mu_beta": 1.1}
+        expected = likelihood + prior - gaussian_constant(point, scales)
+        assert logp(point) == pytest.approx(expected, rel=1e-10)
+
+
+def test_calibrated_density_is_minus_the_map_objective_everywhere(model, calibrated):
+    """At any parameter value, −logp = the solver's objective + the Gaussian constants."""
+    problem = hierarchical_problem(model.design, MapHyperparameters(**FIXED))
+    logp = calibrated.compile_logp()
+    rng = np.random.default_rng(1)
+    scales = {"intercept": 2.5, "gamma": 0.9, "mu_beta": 1.1}
+    for _ in range(3):
+        point = random_point(calibrated, rng)
+        theta_global = np.concatenate([[point["intercept"]], point["gamma"], point["mu_beta"]])
+        theta_local = np.column_stack(
+            [
+                FIXED["sigma_alpha"] * point["alpha_offset"],
+                FIXED["sigma_beta"] * point["beta_offset"],
+            ]
+        )
+        expected = objective(problem, theta_global, theta_local) + gaussian_constant(point, scales)
+        assert -logp(point) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.slow
+def test_fit_map_and_find_map_reach_the_same_optimum(model, calibrated):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        fit = model.fit_map(**FIXED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        found = pm.find_MAP(model=calibrated, progressbar=False)
+    c = fit.coefficients
+    ours = {
+        "intercept": float(c["intercept"]),
+        "gamma": c["gamma"].to_numpy(),
+        "alpha_offset": c["alpha_deviation"].to_numpy() / FIXED["sigma_alpha"],
+        "mu_beta": c["mu_beta"].to_numpy(),
+        "beta_offset": c["beta_deviation"].to_numpy() / FIXED["sigma_beta"],
+    }
+    logp = calibrated.compile_logp()
+    theirs = logp({name: found[name] for name in ours})
+    assert logp(ours) == pytest.approx(theirs, rel=1e-6)
+    assert logp(ours) >= theirs - 1e-9 * abs(theirs)
+    # The weights are the odds exp(η) of the same model at find_MAP's point.
+    np.testing.assert_allclose(found["mu_beta"], ours["mu_beta"], atol=1e-3)
