@@ -10,11 +10,10 @@ import pandas as pd
 from hierps.data import ColumnRoles, Design, build_design
 from hierps.exceptions import DataError
 from hierps.formula import roles_from_formula
+from hierps.map import MapResult, fit_map
 
 if TYPE_CHECKING:
     import pymc as pm
-
-    from hierps.map import MapResult
 
 __all__ = ["Model"]
 
@@ -146,8 +145,6 @@ class Model:
         init: MapResult | None = None,
     ) -> MapResult:
         """Fit the calibrated-loss mode: balancing weights; see :func:`hierps.map.fit_map`."""
-        from hierps.map import fit_map
-
         return fit_map(
             self.design,
             sigma_alpha=sigma_alpha,
