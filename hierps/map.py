@@ -18,6 +18,7 @@ row chunks.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass, field
 
@@ -72,7 +73,7 @@ class CalibratedProblem:
 
 def hierarchical_problem(design: Design, hyperparameters: MapHyperparameters) -> CalibratedProblem:
     """Lay out the hierarchical model of a design for the Newton solver."""
-    n_groups, n_unit = design.n_groups, len(design.unit_names)
+    n_unit = len(design.unit_names)
     n_group_cov = len(design.group_names)
     varying_index = np.flatnonzero(design.varying)
     z_all = np.empty((design.n_units, 1 + n_unit))
@@ -163,7 +164,7 @@ def moment_kernel(z: np.ndarray, codes: np.ndarray, w: np.ndarray, n_groups: int
         return moments
     bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True])
     weighted = z * w[:, None]
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, stop in itertools.pairwise(bounds):
         moments[codes[start]] = weighted[start:stop].T @ z[start:stop]
     return moments
 

@@ -97,10 +97,9 @@ def main() -> None:
             f"  pymc.find_MAP    first call {mindsets['find_map_first']:8.2f} s    "
             f"second call {mindsets['find_map_second']:8.2f} s"
         )
-        print(
-            f"  ratio find_MAP / fit_map: first {mindsets['find_map_first'] / mindsets['first']:,.0f}x"
-            f", second {mindsets['find_map_second'] / mindsets['second']:,.0f}x"
-        )
+        first = mindsets["find_map_first"] / mindsets["first"]
+        second = mindsets["find_map_second"] / mindsets["second"]
+        print(f"  ratio find_MAP / fit_map: first {first:,.0f}x, second {second:,.0f}x")
         print(
             f"  log density at optimum: hierps {mindsets['logp_hierps']:.6f}, "
             f"find_MAP {mindsets['logp_find_map']:.6f}"
