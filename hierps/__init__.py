@@ -6,8 +6,10 @@ Bernoulli posterior carries propensity uncertainty into group and overall effect
 
 from hierps import datasets
 from hierps.api import Model
+from hierps.constraint_weights import constraint_weights
 from hierps.constraints import generate_constraints, stand
 from hierps.exceptions import ConvergenceError, DataError, FormulaError, HierpsError, HierpsWarning
+from hierps.tuning import pooling_path
 
 __version__ = "0.1.0"
 
@@ -18,7 +20,9 @@ __all__ = [
     "HierpsError",
     "HierpsWarning",
     "Model",
+    "constraint_weights",
     "datasets",
     "generate_constraints",
+    "pooling_path",
     "stand",
 ]

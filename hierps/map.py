@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import xarray as xr
+from threadpoolctl import ThreadpoolController
 
 from hierps.data import Design
 from hierps.estimands import GroupSums, att_from_catt, catt_from_weights, kish_ess
@@ -34,6 +35,9 @@ from hierps.hyperparameters import MapHyperparameters
 __all__ = ["MapResult", "fit_map", "hierarchical_problem", "newton_solve", "objective"]
 
 CHUNK_ROWS = 1 << 16
+# The solver's matrices are small (one block per group): threaded BLAS only adds overhead,
+# several-fold on a busy machine, so its calls run on one thread.
+_BLAS = ThreadpoolController()
 EXTREME_WEIGHT_SHARE = 0.2
 
 
@@ -274,6 +278,11 @@ def newton_solve(
 
     Stops when the largest absolute gradient entry is at most ``tol``.
     """
+    with _BLAS.limit(limits=1, user_api="blas"):
+        return _newton_iterations(problem, theta_global, theta_local, tol, max_iterations)
+
+
+def _newton_iterations(problem, theta_global, theta_local, tol, max_iterations) -> NewtonTrace:
     if theta_global is None:
         theta_global = np.zeros(problem.n_global)
         # Start with the weights summing to the treated count: a0 = log(n1 / n0).
@@ -471,7 +480,6 @@ class MapResult:
         """Group effects on the treated, with counts, weight sums and Kish ESS of controls."""
         effects = self._compute_effects()
         d = self.design
-        control_weights = np.where(d.treatment == 0, self.weights.to_numpy(), 0.0)
         n_treated = d.treated_per_group
         return pd.DataFrame(
             {
@@ -479,7 +487,7 @@ class MapResult:
                 "n_treated": n_treated.astype(int),
                 "n_control": (d.units_per_group - n_treated).astype(int),
                 "weight_sum": effects["control_weight"],
-                "ess": kish_ess(control_weights, self._group_sums),
+                "ess": self.group_ess.to_numpy(),
             },
             index=d.groups,
         )
@@ -489,6 +497,14 @@ class MapResult:
         """The overall effect on the treated: the treated-weighted mean of the group CATTs."""
         effects = self._compute_effects()
         return float(att_from_catt(effects["catt"], effects["treated_weight"]))
+
+    @property
+    def group_ess(self) -> pd.Series:
+        """Kish effective sample size of the control weights in each group."""
+        control_weights = np.where(self.design.treatment == 0, self.weights.to_numpy(), 0.0)
+        return pd.Series(
+            kish_ess(control_weights, self._group_sums), index=self.design.groups, name="ess"
+        )
 
     @property
     def ess(self) -> float:
