@@ -135,17 +135,34 @@ def _short_list(names: Sequence[str], limit: int = 12) -> str:
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so that messages read ``2``, not
+    ``np.int64(2)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _list_labels(labels: Sequence[Hashable]) -> str:
     labels = list(labels)
-    shown = ", ".join(repr(label) for label in labels[:_MAX_LISTED])
+    shown = ", ".join(repr(_plain(label)) for label in labels[:_MAX_LISTED])
     return shown + (f" and {len(labels) - _MAX_LISTED} more" if len(labels) > _MAX_LISTED else "")
+
+
+def _close_matches(name: str, available: Sequence[str], n: int = 3) -> list[str]:
+    """Names like ``name``, ignoring case (``'Y'`` suggests ``'y'``), exact-but-for-case first."""
+    by_lower: dict[str, list[str]] = {}
+    for candidate in available:
+        by_lower.setdefault(str(candidate).lower(), []).append(str(candidate))
+    key = str(name).lower()
+    keys = [key] if key in by_lower else []
+    keys += [k for k in difflib.get_close_matches(key, list(by_lower), n=n) if k != key]
+    return [candidate for k in keys for candidate in by_lower[k]][:n]
 
 
 def _check_columns(frame: pd.DataFrame, names: Sequence[str], role: str) -> None:
     available = [str(column) for column in frame.columns]
     for name in names:
         if name not in frame.columns:
-            close = difflib.get_close_matches(str(name), available, n=3)
+            close = _close_matches(str(name), available)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise DataError(f"{role} column {name!r} is not in the data{hint}")
 
@@ -167,6 +184,14 @@ def _levels(series: pd.Series) -> list:
         return sorted(values)
     except TypeError:
         return sorted(values, key=str)
+
+
+def _level_name(name: str, level: object) -> str:
+    """The encoded column of one level: ``C1[4]``, also when missing values made codes float."""
+    level = _plain(level)
+    if isinstance(level, float) and level.is_integer():
+        level = int(level)
+    return f"{name}[{level}]"
 
 
 def _validate_treatment(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -211,7 +236,7 @@ def _validate_groups(frame: pd.DataFrame, column: str) -> tuple[pd.Index, np.nda
             f"group column {column!r} has missing ids in rows {_list_labels(frame.index[missing])}"
         )
     labels = _levels(series)
-    groups = pd.Index(labels, name=column)
+    groups = pd.Index(labels, name=column, tupleize_cols=False)
     if isinstance(series.dtype, pd.CategoricalDtype):
         codes = pd.Categorical(series, categories=labels).codes.astype(np.int64)
     else:
@@ -236,33 +261,40 @@ def _validate_outcome(frame: pd.DataFrame, column: str | None) -> np.ndarray | N
 
 
 def _encode(
-    frame: pd.DataFrame, names: Sequence[str], categorical: set[str]
+    frame: pd.DataFrame, names: Sequence[str], categorical: set[str], rows: str = "rows"
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """One-hot encode categoricals (all levels) and add missingness indicators.
 
     Returns the encoded columns (NaN kept where a numeric value is missing) and, for every
-    encoded column, the name of the input column it came from.
+    encoded column, the name of the input column it came from. ``rows`` names what a row of
+    ``frame`` is in the missing-value warning ("rows", or "groups" for group covariates).
     """
     columns: dict[str, pd.Series] = {}
     sources: dict[str, str] = {}
+
+    def add(encoded: str, values: pd.Series, source: str) -> None:
+        if encoded in columns:
+            raise DataError(
+                f"covariates {sources[encoded]!r} and {source!r} both encode to a column named "
+                f"{encoded!r}; rename one of them"
+            )
+        columns[encoded] = values
+        sources[encoded] = source
+
     for name in names:
         series = frame[name]
         missing = series.isna()
         if _is_categorical(series, name in categorical):
             for level in _levels(series):
-                encoded = f"{name}[{level}]"
-                columns[encoded] = (series == level).astype(float)
-                sources[encoded] = name
+                add(_level_name(name, level), (series == level).astype(float), name)
         else:
-            columns[name] = series.astype(float)
-            sources[name] = name
+            add(name, series.astype(float), name)
         if missing.any():
             indicator = f"{name}_missing"
-            columns[indicator] = missing.astype(float)
-            sources[indicator] = name
+            add(indicator, missing.astype(float), name)
             warnings.warn(
-                f"covariate {name!r} has {int(missing.sum())} missing values: added the "
-                f"indicator {indicator!r} and set the missing entries to the centre used for "
+                f"covariate {name!r} has {int(missing.sum())} missing values (in {rows}): added "
+                f"the indicator {indicator!r} and set the missing entries to the centre used for "
                 f"standardization (the treated mean by default)",
                 HierpsWarning,
                 stacklevel=4,
@@ -271,12 +303,24 @@ def _encode(
     return encoded, sources
 
 
+def _spread(values: pd.DataFrame) -> pd.Series:
+    """Standard deviation (ddof=1) of each column, exactly 0 for a column with one value.
+
+    Summation error makes ``std`` of a constant float column a few 1e-17 rather than 0 (e.g.
+    ``pd.Series([0.1] * 1000).std()``); scaling by that would blow the column up to ~1e16.
+    Columns with fewer than two values keep their NaN.
+    """
+    sd = values.std(ddof=1)
+    single = (values.nunique(dropna=True) <= 1) & (values.count() >= 2)
+    return sd.mask(single, 0.0)
+
+
 def _scaling(
     values: pd.DataFrame, treated: np.ndarray, method: str, level: str
 ) -> tuple[pd.DataFrame, list[str]]:
     """Centre and scale of each column; columns without variation are listed to be dropped."""
     treated_mask = treated.astype(bool)
-    overall_sd = values.std(ddof=1)
+    overall_sd = _spread(values)
     constant = [name for name in values.columns if not overall_sd[name] > 0]
     if method == "none":
         center = pd.Series(0.0, index=values.columns)
@@ -284,10 +328,10 @@ def _scaling(
     else:
         treated_values = values[treated_mask]
         control_values = values[~treated_mask]
-        pooled_sd = np.sqrt((treated_values.var(ddof=1) + control_values.var(ddof=1)) / 2)
+        pooled_sd = np.sqrt((_spread(treated_values) ** 2 + _spread(control_values) ** 2) / 2)
         if method == "treated":
             center = treated_values.mean()
-            scale = treated_values.std(ddof=1)
+            scale = _spread(treated_values)
             fallback = [
                 name for name in values.columns if name not in constant and not scale[name] > 0
             ]
@@ -371,10 +415,12 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
         raise DataError(
             f"columns {_list_labels(sorted(overlap))} are given both as unit and group covariates"
         )
-    reserved = {roles.treatment, roles.group, roles.outcome}
+    reserved = {roles.treatment: "treatment", roles.group: "group", roles.outcome: "outcome"}
     for name in (*roles.unit_covariates, *roles.group_covariates):
         if name in reserved:
-            raise DataError(f"column {name!r} cannot be both a covariate and {roles!r}")
+            raise DataError(
+                f"column {name!r} cannot be both a covariate and the {reserved[name]} column"
+            )
     undeclared = set(roles.categorical) - set(roles.unit_covariates) - set(roles.group_covariates)
     if undeclared:
         raise DataError(
@@ -408,7 +454,9 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
     # treated units (each carries its group's value), the same convention as unit covariates.
     first_rows = pd.Series(np.arange(len(frame))).groupby(codes).first().to_numpy()
     group_rows = frame.iloc[first_rows]
-    group_encoded, group_sources = _encode(group_rows, roles.group_covariates, categorical)
+    group_encoded, group_sources = _encode(
+        group_rows, roles.group_covariates, categorical, rows="groups"
+    )
     per_unit = group_encoded.iloc[codes].set_axis(frame.index)
     group_scaling, dropped_groups = _scaling(per_unit, treatment, method, "group")
     group_encoded = group_encoded.drop(columns=dropped_groups).set_axis(groups)
@@ -466,7 +514,7 @@ def _varying_mask(
     unknown = requested - known
     if unknown:
         name = sorted(unknown)[0]
-        close = difflib.get_close_matches(name, sorted(known), n=3)
+        close = _close_matches(name, sorted(known))
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise DataError(f"varying slope {name!r} is not a unit covariate{hint}")
     return np.array(

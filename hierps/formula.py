@@ -15,9 +15,11 @@ def _term_column(term: object, formula: str) -> tuple[str, bool]:
     """The column a common term names, and whether ``C()`` marks it categorical."""
     components = getattr(term, "components", None)
     if not components or len(components) != 1:
+        names = [getattr(component, "name", str(component)) for component in components or ()]
+        shown = ":".join(names) if names else str(term)
         raise FormulaError(
-            f"term {term} in {formula!r} is not supported: interactions must be made a column "
-            f"of the data first"
+            f"term {shown} in {formula!r} is not supported: interactions must be made a column "
+            f"of the data first (e.g. a column {'_'.join(names) or 'x1_x2'!r})"
         )
     component = components[0]
     call = getattr(component, "call", None)
