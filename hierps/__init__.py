@@ -2,13 +2,17 @@
 
 One PyMC model, two modes: the calibrated-loss mode gives balancing weights (MAP), the
 Bernoulli posterior carries propensity uncertainty into group and overall effects.
+Plots live in :mod:`hierps.plots`; PyMC is imported only when a model is built or sampled.
 """
 
 from hierps import datasets
 from hierps.api import Model
+from hierps.compare import compare
 from hierps.constraint_weights import constraint_weights
 from hierps.constraints import generate_constraints, stand
+from hierps.diagnostics import balance_table, diagnose
 from hierps.exceptions import ConvergenceError, DataError, FormulaError, HierpsError, HierpsWarning
+from hierps.io import load
 from hierps.tuning import pooling_path
 
 __version__ = "0.1.0"
@@ -20,9 +24,13 @@ __all__ = [
     "HierpsError",
     "HierpsWarning",
     "Model",
+    "balance_table",
+    "compare",
     "constraint_weights",
     "datasets",
+    "diagnose",
     "generate_constraints",
+    "load",
     "pooling_path",
     "stand",
 ]

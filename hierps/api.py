@@ -15,6 +15,8 @@ from hierps.map import MapResult, fit_map
 if TYPE_CHECKING:
     import pymc as pm
 
+    from hierps.posterior import PosteriorResult
+
 __all__ = ["Model"]
 
 
@@ -155,4 +157,43 @@ class Model:
             tol=tol,
             max_iterations=max_iterations,
             init=init,
+        )
+
+    def sample(
+        self,
+        draws: int = 1000,
+        tune: int = 1000,
+        chains: int = 2,
+        random_seed: int | None = None,
+        sampler: str = "nutpie",
+        loss: str = "bernoulli",
+        uncertainty: str = "bayesian_bootstrap",
+        estimand: str = "att",
+        target_accept: float = 0.8,
+        store_weights: bool = False,
+        progressbar: bool = False,
+        **fixed: float,
+    ) -> PosteriorResult:
+        """Sample the posterior with NUTS and compute the effects per draw.
+
+        See :func:`hierps.posterior.sample` for the arguments; ``**fixed`` fixes
+        hyperparameters (``sigma_alpha``, ``sigma_beta``, ``sigma_intercept``,
+        ``sigma_gamma``, ``sigma_mu_beta``) at numbers.
+        """
+        from hierps.posterior import sample
+
+        return sample(
+            self.design,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            random_seed=random_seed,
+            sampler=sampler,
+            loss=loss,
+            uncertainty=uncertainty,
+            estimand=estimand,
+            target_accept=target_accept,
+            store_weights=store_weights,
+            progressbar=progressbar,
+            **fixed,
         )

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hierps.exceptions import HierpsError
 
-__all__ = ["ModelSpec", "SpecError", "load_data", "read_spec"]
+__all__ = ["DEMO", "ModelSpec", "SpecError", "demo_spec", "load_data", "read_spec"]
 
 _FIELD = re.compile(r"[a-z][a-z0-9_]*")
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -152,6 +152,34 @@ class ModelSpec(_Strict):
     def map_hyperparameters(self) -> dict[str, float | list[float]]:
         values = self.map.model_dump(exclude={"pooling_path"})
         return {key: value for key, value in values.items() if value is not None}
+
+
+#: The built-in simulated study of ``hierps demo`` (``models/demo.toml`` holds the same).
+DEMO = {
+    "name": "demo",
+    "description": (
+        "Simulated multi-site study (hierps.datasets.simulate_multisite) with known ATT and "
+        "school CATTs."
+    ),
+    "data": {
+        "treatment": "z",
+        "group": "school",
+        "outcome": "y",
+        "unit_covariates": ["x1", "x2", "x3"],
+        "group_covariates": ["v1", "v2"],
+        "simulate": {"n_groups": 30, "group_size": [20, 200], "seed": 2026},
+    },
+    "map": {
+        "sigma_beta": 1.0,
+        "pooling_path": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
+    },
+    "posterior": {"draws": 500, "tune": 500, "chains": 2, "random_seed": 1},
+}
+
+
+def demo_spec() -> ModelSpec:
+    """The model file of the built-in demo."""
+    return ModelSpec.model_validate(DEMO)
 
 
 def _line_of(text: str, location: tuple) -> int | None:

@@ -86,3 +86,11 @@ def test_negative_and_out_of_range_values(tmp_path):
         read_spec(write(tmp_path, GOOD + "[posterior]\nchains = 0\n"))
     with pytest.raises(SpecError, match=r"map\.sigma_alpha"):
         read_spec(write(tmp_path, GOOD + "[map]\nsigma_alpha = -1\n"))
+
+
+def test_demo_model_file_equals_the_built_in_demo():
+    from hierps.spec import demo_spec
+
+    assert read_spec(MODELS / "demo.toml").model_dump(exclude={"source"}) == demo_spec().model_dump(
+        exclude={"source"}
+    )
