@@ -7,12 +7,14 @@ Plots live in :mod:`hierps.plots`; PyMC is imported only when a model is built o
 
 from hierps import datasets
 from hierps.api import Model
+from hierps.augment import augment
 from hierps.compare import compare
 from hierps.constraint_weights import constraint_weights
 from hierps.constraints import generate_constraints, stand
 from hierps.diagnostics import balance_table, diagnose
 from hierps.exceptions import ConvergenceError, DataError, FormulaError, HierpsError, HierpsWarning
 from hierps.io import load
+from hierps.pooling import pool_catt
 from hierps.tuning import pooling_path
 
 __version__ = "0.1.0"
@@ -24,6 +26,7 @@ __all__ = [
     "HierpsError",
     "HierpsWarning",
     "Model",
+    "augment",
     "balance_table",
     "compare",
     "constraint_weights",
@@ -31,6 +34,7 @@ __all__ = [
     "diagnose",
     "generate_constraints",
     "load",
+    "pool_catt",
     "pooling_path",
     "stand",
 ]

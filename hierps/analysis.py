@@ -100,7 +100,7 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
 
     report("fitting MAP balancing weights")
     start = time.perf_counter()
-    map_fit = model.fit_map(**spec.map_hyperparameters())
+    map_fit = model.fit_map(**spec.map_hyperparameters(), max_iterations=spec.map.max_iterations)
     timings["map"] = time.perf_counter() - start
 
     path_table = None

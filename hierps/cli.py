@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -21,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # messages stay whole lines for grep
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_FIT = 1
@@ -35,13 +36,15 @@ def _exit_codes():
     try:
         yield
     except ConvergenceError as error:
-        errors.print(f"[bold red]fit failed:[/bold red] {error}")
+        errors.print(f"[bold red]fit failed:[/bold red] {escape(str(error))}")
         raise typer.Exit(EXIT_FAILED_FIT) from None
     except (HierpsError, FileNotFoundError, TypeError, ValueError) as error:
-        errors.print(f"[bold red]bad input:[/bold red] {error}", markup=True, highlight=False)
+        errors.print(f"[bold red]bad input:[/bold red] {escape(str(error))}", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except Exception as error:  # any other failure is a failed fit, reported, not a traceback
-        errors.print(f"[bold red]fit failed:[/bold red] {type(error).__name__}: {error}")
+        errors.print(
+            f"[bold red]fit failed:[/bold red] {type(error).__name__}: {escape(str(error))}"
+        )
         raise typer.Exit(EXIT_FAILED_FIT) from None
 
 

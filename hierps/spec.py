@@ -107,6 +107,7 @@ class MapSpec(_Strict):
     sigma_gamma: PositiveFloat | None = None
     sigma_intercept: PositiveFloat | None = None
     pooling_path: list[PositiveFloat] | None = None
+    max_iterations: int = Field(100, ge=1)
 
 
 class PosteriorSpec(_Strict):
@@ -150,7 +151,7 @@ class ModelSpec(_Strict):
     source: Path | None = Field(None, exclude=True)
 
     def map_hyperparameters(self) -> dict[str, float | list[float]]:
-        values = self.map.model_dump(exclude={"pooling_path"})
+        values = self.map.model_dump(exclude={"pooling_path", "max_iterations"})
         return {key: value for key, value in values.items() if value is not None}
 
 
