@@ -36,6 +36,7 @@ class AnalysisResult:
     path_table: pd.DataFrame | None = None
     posterior: object | None = None
     constraint_fit: object | None = None
+    pooled: object | None = None
     truth: object | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -137,6 +138,20 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
         )
         timings["posterior"] = time.perf_counter() - start
 
+    pooled = None
+    if posterior is not None and spec.pooling is not None:
+        from hierps.pooling import pool_catt
+
+        report("pooling the CATTs")
+        pooled = pool_catt(
+            posterior,
+            group_covariates=spec.pooling.group_covariates or None,
+            draws=spec.pooling.draws,
+            tune=spec.pooling.tune,
+            random_seed=spec.pooling.random_seed,
+            progressbar=False,
+        )
+
     return AnalysisResult(
         spec=spec,
         model=model,
@@ -144,6 +159,7 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
         path_table=path_table,
         posterior=posterior,
         constraint_fit=constraint_fit,
+        pooled=pooled,
         truth=study,
         timings=timings,
     )
@@ -182,6 +198,8 @@ def analysis_tree(result: AnalysisResult) -> xr.DataTree:
     tree = xr.DataTree.from_dict(children)
     if result.posterior is not None:
         tree["posterior_mode"] = result.posterior.idata
+    if result.pooled is not None:
+        tree["pooled_catt"] = result.pooled.idata
     tree.attrs = {
         "model_name": result.spec.name,
         "description": result.spec.description,

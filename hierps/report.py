@@ -14,10 +14,10 @@ import pandas as pd
 from hierps.analysis import AnalysisResult, write_tree
 from hierps.diagnostics import balance_table, diagnose
 
-__all__ = ["write_outputs"]
+__all__ = ["markdown_table", "write_outputs"]
 
 
-def _markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     frame = frame.astype(object)  # keeps integer columns integer row by row
     header = "| " + " | ".join([str(frame.index.name or ""), *map(str, frame.columns)]) + " |"
     rule = "|" + "---|" * (len(frame.columns) + 1)
@@ -52,7 +52,8 @@ def _figures(result: AnalysisResult, directory: Path) -> dict[str, Path]:
         keep("love", plots.plot_love(fit, threshold=threshold)[0])
     if "catt" in wanted and result.model.design.outcome is not None:
         if posterior is not None:
-            keep("catt", plots.plot_catt(posterior, map_result=fit)[0])
+            pooled = result.pooled.catt if result.pooled is not None else None
+            keep("catt", plots.plot_catt(posterior, map_result=fit, pooled=pooled)[0])
         else:
             keep("catt", plots.plot_catt(fit)[0])
     if "map_vs_posterior" in wanted and posterior is not None:
@@ -86,6 +87,10 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
         catt = fit.catt.add_prefix("map_")
         if result.posterior is not None:
             catt = catt.join(result.posterior.catt.add_prefix("posterior_"))
+        if result.pooled is not None:
+            catt = catt.join(
+                result.pooled.catt[["mean", "sd", "lower", "upper"]].add_prefix("pooled_")
+            )
         if result.truth is not None:
             catt = catt.join(result.truth.catt.rename("truth"))
         catt.to_csv(out_dir / "catt.csv")
@@ -134,11 +139,11 @@ def _report_text(result: AnalysisResult, balance, figures: dict[str, Path], out_
         f"{balance.n_imbalanced} of {len(overall)} covariates exceed the threshold globally "
         f"after weighting. Kish ESS of all control weights: {fit.ess:.1f}.",
         "",
-        _markdown_table(overall),
+        markdown_table(overall),
         "",
         "Within groups (|SMD| summarised over groups):",
         "",
-        _markdown_table(
+        markdown_table(
             balance.across_groups.set_index("covariate")[
                 [c for c in balance.across_groups.columns if c != "covariate"]
             ]
@@ -146,7 +151,7 @@ def _report_text(result: AnalysisResult, balance, figures: dict[str, Path], out_
         "",
     ]
     if result.path_table is not None:
-        lines += ["### Pooling path", "", _markdown_table(result.path_table), ""]
+        lines += ["### Pooling path", "", markdown_table(result.path_table), ""]
     if result.constraint_fit is not None:
         constraint = result.constraint_fit.balance()
         before = (constraint["control_total_before"] - constraint["treated_total"]).abs().max()
@@ -168,7 +173,7 @@ def _report_text(result: AnalysisResult, balance, figures: dict[str, Path], out_
             "",
             f"{posterior!r}",
             "",
-            _markdown_table(att if isinstance(att, pd.DataFrame) else att.to_frame().T),
+            markdown_table(att if isinstance(att, pd.DataFrame) else att.to_frame().T),
             "",
             "### Sampling diagnostics",
             "",
@@ -182,14 +187,24 @@ def _report_text(result: AnalysisResult, balance, figures: dict[str, Path], out_
         from hierps.compare import compare
 
         comparison = compare(fit, posterior)
-        lines += [_markdown_table(comparison), ""]
+        lines += [markdown_table(comparison), ""]
         lines += [
             f"Correlation of MAP and posterior-mean control weights: "
             f"{comparison.attrs.get('weight_correlation', float('nan')):.3f}.",
             "",
         ]
     elif design.outcome is not None:
-        lines += ["## CATT by group (MAP)", "", _markdown_table(fit.catt), ""]
+        lines += ["## CATT by group (MAP)", "", markdown_table(fit.catt), ""]
+    if result.pooled is not None:
+        lines += [
+            "## Pooled CATTs and moderators",
+            "",
+            "Normal hierarchical model on the posterior CATTs: τ̂_j ~ N(θ_j, se_j²), "
+            "θ_j ~ N(μ_τ + v_j'φ, σ_τ²); covariates standardized over groups.",
+            "",
+            markdown_table(result.pooled.moderators),
+            "",
+        ]
     if result.truth is not None and design.outcome is not None:
         truth = result.truth
         errors = fit.catt["estimate"] - truth.catt.reindex(fit.catt.index)

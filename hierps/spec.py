@@ -124,6 +124,15 @@ class PosteriorSpec(_Strict):
     sigma_beta: PositiveFloat | None = None
 
 
+class PoolingSpec(_Strict):
+    """Pooling the posterior CATTs with a normal hierarchical model on group covariates."""
+
+    group_covariates: list[str] = []
+    draws: int = Field(1000, ge=10)
+    tune: int = Field(1000, ge=0)
+    random_seed: int | None = 1
+
+
 class OutputSpec(_Strict):
     """What to estimate and draw."""
 
@@ -147,6 +156,7 @@ class ModelSpec(_Strict):
     balance: BalanceSpec | None = None
     map: MapSpec = MapSpec()
     posterior: PosteriorSpec = PosteriorSpec()
+    pooling: PoolingSpec | None = None
     output: OutputSpec = OutputSpec()
     source: Path | None = Field(None, exclude=True)
 
