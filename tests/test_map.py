@@ -255,3 +255,23 @@ def test_warm_start_reaches_same_optimum_faster():
     warm = fit_quietly(model, sigma_beta=0.6, init=first)
     assert warm.iterations <= cold.iterations
     pd.testing.assert_series_equal(warm.weights, cold.weights, rtol=1e-7)
+
+
+def test_rounding_floor_of_an_ill_conditioned_fit_is_accepted_with_warning():
+    """Very large sigma_beta on real data: the gradient floors near 1e-7, above tol."""
+    data = hierps.datasets.load_learning_mindsets()
+    model = hierps.Model(
+        data,
+        treatment="Z",
+        group="schoolid",
+        outcome="Y",
+        unit_covariates=["S3", "C1", "C2", "C3"],
+        group_covariates=["XC", "X1", "X2", "X3", "X4", "X5"],
+        categorical=["C1", "XC"],
+        varying_slopes=["S3", "C2", "C3"],
+    )
+    with pytest.warns(HierpsWarning, match="floating-point floor"):
+        fit = model.fit_map(sigma_beta=100.0)
+    assert fit.converged and 1e-8 < fit.max_gradient < 1e-6
+    assert fit.iterations < 30
+    assert_first_order_identities(model, fit, rtol=1e-5)
