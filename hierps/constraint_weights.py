@@ -132,7 +132,7 @@ def constraint_weights(
         np.array([]),
     )
     trace = newton_solve(problem, tol=tol, max_iterations=max_iterations)
-    if not (trace.converged or trace.stalled):
+    if not trace.converged:
         raise ConvergenceError(
             f"the constraint weights did not converge in {trace.iterations} iterations "
             f"(largest gradient {trace.max_gradient:.3g}); lower scale or the largest importances"

@@ -257,8 +257,9 @@ def test_warm_start_reaches_same_optimum_faster():
     pd.testing.assert_series_equal(warm.weights, cold.weights, rtol=1e-7)
 
 
-def test_rounding_floor_of_an_ill_conditioned_fit_is_accepted_with_warning():
-    """Very large sigma_beta on real data: the gradient floors near 1e-7, above tol."""
+def test_ill_conditioned_fit_on_real_data_reaches_tol():
+    """Very large sigma_beta on real data: the objective's rounding error exceeds the predicted
+    decrease near the optimum, so a plain Armijo search would stall; full steps converge."""
     data = hierps.datasets.load_learning_mindsets()
     model = hierps.Model(
         data,
@@ -270,8 +271,9 @@ def test_rounding_floor_of_an_ill_conditioned_fit_is_accepted_with_warning():
         categorical=["C1", "XC"],
         varying_slopes=["S3", "C2", "C3"],
     )
-    with pytest.warns(HierpsWarning, match="floating-point floor"):
-        fit = model.fit_map(sigma_beta=100.0)
-    assert fit.converged and 1e-8 < fit.max_gradient < 1e-6
-    assert fit.iterations < 30
-    assert_first_order_identities(model, fit, rtol=1e-5)
+    warm = fit_quietly(model, sigma_beta=30.0)
+    for init in (None, warm):
+        fit = fit_quietly(model, sigma_beta=100.0, init=init)
+        assert fit.converged and fit.max_gradient <= 1e-8
+        assert fit.iterations < 30
+        assert_first_order_identities(model, fit)
