@@ -70,7 +70,7 @@ Full report: [output/report.md](output/report.md).
 | | ATT | 90 % interval |
 |---|---|---|
 | MAP balancing weights (σ_β = 1) | {fit.att:.3f} | |
-| posterior (NUTS, Bayesian bootstrap) | {att["mean"]:.3f} | [{att["lower"]:.3f}, {att["upper"]:.3f}] |
+| posterior (NUTS, Bayesian bootstrap) | {att["mean"]:.3f} | {interval} |
 
 Sampling: {diagnosis.verdict}
 
