@@ -38,7 +38,7 @@ CHUNK_ROWS = 1 << 16
 # The solver's matrices are small (one block per group): threaded BLAS only adds overhead,
 # several-fold on a busy machine, so its calls run on one thread.
 _BLAS = ThreadpoolController()
-EXTREME_WEIGHT_SHARE = 0.2
+EXTREME_WEIGHT_SHARE = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,6 +193,7 @@ class NewtonTrace:
     converged: bool
     control_weights: np.ndarray  # sorted order
     history: list[float] = field(default_factory=list)
+    control_eta: np.ndarray | None = None  # log weights, sorted order (exact where w underflows)
 
 
 def _objective(problem, theta_global, theta_local, weight_total) -> float:
@@ -306,7 +307,7 @@ def _newton_iterations(problem, theta_global, theta_local, tol, max_iterations) 
         max_gradient = float(max(np.abs(gg).max(initial=0.0), np.abs(gl).max(initial=0.0)))
         if max_gradient <= tol:
             return NewtonTrace(
-                theta_global, theta_local, objective, max_gradient, iteration, True, w, history
+                theta_global, theta_local, objective, max_gradient, iteration, True, w, history, eta
             )
         if iteration == max_iterations:
             break
@@ -336,7 +337,7 @@ def _newton_iterations(problem, theta_global, theta_local, tol, max_iterations) 
         objective = trial_objective
         history.append(objective)
     return NewtonTrace(
-        theta_global, theta_local, objective, max_gradient, iteration, False, w, history
+        theta_global, theta_local, objective, max_gradient, iteration, False, w, history, eta
     )
 
 
@@ -424,6 +425,15 @@ class MapResult:
         self.weights = pd.Series(weights, index=design.index, name="weight")
         self._group_sums = GroupSums(design.group_codes, design.n_groups)
         self._effects = None
+        # Within-group weights relative to the group's largest: exp(η) may underflow to 0 for
+        # every control of a group where balance is nearly infeasible, but the Hájek CATT,
+        # the ESS and the weight shares only need ratios, which stay exact.
+        log_weights = np.full(design.n_units, -np.inf)
+        log_weights[problem.order] = trace.control_eta
+        largest = np.full(design.n_groups, -np.inf)
+        np.maximum.at(largest, design.group_codes, log_weights)
+        offset = np.where(np.isfinite(largest), largest, 0.0)[design.group_codes]
+        self._relative_weights = np.exp(log_weights - offset)  # 0 on treated units
 
     def __repr__(self) -> str:
         att = f"{self.att:.4g}" if self.design.outcome is not None else "(no outcome)"
@@ -474,7 +484,7 @@ class MapResult:
                 self.design.outcome,
                 self.design.treatment,
                 self._group_sums,
-                self.weights.to_numpy(),
+                self._relative_weights,
             )
         return self._effects
 
@@ -489,7 +499,9 @@ class MapResult:
                 "estimate": effects["catt"],
                 "n_treated": n_treated.astype(int),
                 "n_control": (d.units_per_group - n_treated).astype(int),
-                "weight_sum": effects["control_weight"],
+                "weight_sum": self._group_sums(
+                    np.where(d.treatment == 0, self.weights.to_numpy(), 0.0)
+                ),
                 "ess": self.group_ess.to_numpy(),
             },
             index=d.groups,
@@ -504,9 +516,10 @@ class MapResult:
     @property
     def group_ess(self) -> pd.Series:
         """Kish effective sample size of the control weights in each group."""
-        control_weights = np.where(self.design.treatment == 0, self.weights.to_numpy(), 0.0)
         return pd.Series(
-            kish_ess(control_weights, self._group_sums), index=self.design.groups, name="ess"
+            kish_ess(self._relative_weights, self._group_sums),
+            index=self.design.groups,
+            name="ess",
         )
 
     @property
@@ -525,23 +538,34 @@ class MapResult:
 
     def _warn_extreme_weights(self) -> None:
         d = self.design
-        control_weights = np.where(d.treatment == 0, self.weights.to_numpy(), 0.0)
-        total = self._group_sums(control_weights)
-        largest = np.zeros(d.n_groups)
-        np.maximum.at(largest, d.group_codes, control_weights)
+        total = self._group_sums(self._relative_weights)
         with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(total > 0, largest / total, 0.0)
+            share = np.where(total > 0, 1.0 / total, 0.0)  # the largest relative weight is 1
+        weight_sum = self._group_sums(np.where(d.treatment == 0, self.weights.to_numpy(), 0.0))
         n_control = d.units_per_group - d.treated_per_group
-        extreme = (share > EXTREME_WEIGHT_SHARE) & (n_control >= 5)
-        if extreme.any():
-            table = ", ".join(
-                f"{d.groups.tolist()[j]!r}: {share[j]:.0%}"
-                for j in np.argsort(-share)[: min(5, extreme.sum())]
-            )
-            warnings.warn(
-                f"{int(extreme.sum())} group(s) have one control carrying more than "
-                f"{EXTREME_WEIGHT_SHARE:.0%} of the group's weight (largest shares: {table}); "
-                f"their CATTs rest on few controls — consider a smaller sigma_beta",
-                HierpsWarning,
-                stacklevel=3,
-            )
+        extreme = (share > EXTREME_WEIGHT_SHARE) & (n_control >= 2)
+        if not extreme.any():
+            return
+        labels = d.groups.tolist()
+        worst = np.argsort(-share)[: min(5, int(extreme.sum()))]
+        table = ", ".join(f"{labels[j]!r}: {share[j]:.0%}" for j in worst)
+        vanishing = [labels[j] for j in np.flatnonzero(extreme & (weight_sum < 1e-8))]
+        note = (
+            f"; the weights of {_short(vanishing)} vanish (exact balance there is nearly "
+            f"infeasible): their CATTs are computed from the relative weights"
+            if vanishing
+            else ""
+        )
+        warnings.warn(
+            f"{int(extreme.sum())} group(s) have one control carrying more than "
+            f"{EXTREME_WEIGHT_SHARE:.0%} of the group's control weight (largest shares: "
+            f"{table}){note}; their CATTs rest on very few controls (see fit.catt['ess']) — "
+            f"a smaller sigma_beta trades within-group balance for effective sample size",
+            HierpsWarning,
+            stacklevel=3,
+        )
+
+
+def _short(labels: list) -> str:
+    shown = ", ".join(repr(label) for label in labels[:5])
+    return shown + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")

@@ -230,10 +230,16 @@ def test_non_convergence_raises_clear_error():
 
 
 def test_extreme_weights_warn_with_group_and_share():
-    frame, roles = make_frame(seed=36, sizes=(30, 60), n_groups=4, n_unit=2, n_group=0)
+    frame, roles = make_frame(seed=36, sizes=(10, 25), n_groups=4, n_unit=2, n_group=0)
     model = hierps.Model(frame, **roles)
-    with pytest.warns(HierpsWarning, match=r"s0\d\d.*%"):
-        model.fit_map(sigma_beta=100.0, sigma_alpha=100.0)
+    with pytest.warns(HierpsWarning, match=r"s0\d\d.: \d+%") as caught:
+        fit = model.fit_map(sigma_beta=100.0, sigma_alpha=100.0)
+    # The named group's largest control weight is the reported share of its control weights.
+    message = str(caught[0].message)
+    group = message.split("largest shares: '")[1].split("'")[0]
+    share = int(message.split(f"'{group}': ")[1].split("%")[0]) / 100
+    controls = fit.weights[(frame["school"] == group) & (frame["z"] == 0)]
+    assert controls.max() / controls.sum() == pytest.approx(share, abs=0.006)
 
 
 def test_bad_hyperparameters_are_named():
@@ -277,3 +283,26 @@ def test_ill_conditioned_fit_on_real_data_reaches_tol():
         assert fit.converged and fit.max_gradient <= 1e-8
         assert fit.iterations < 30
         assert_first_order_identities(model, fit)
+
+
+def test_vanishing_weights_of_a_group_give_a_finite_catt_and_a_warning():
+    """All controls of a group underflow to weight 0 when its exact balance is infeasible."""
+    study = hierps.datasets.simulate_multisite(
+        n_groups=20, group_size=(30, 80), n_unit_covariates=3, n_group_covariates=2, seed=22
+    )
+    model = hierps.Model(
+        study.data,
+        treatment="z",
+        group="school",
+        outcome="y",
+        unit_covariates=study.unit_covariates,
+        group_covariates=study.group_covariates,
+    )
+    with pytest.warns(HierpsWarning, match=r"weights of 's08' vanish"):
+        fit = model.fit_map(sigma_beta=30.0)
+    row = fit.catt.loc["s08"]
+    assert row["weight_sum"] < 1e-8 and np.isfinite(row["estimate"])
+    # The estimate is the Hájek CATT under the relative weights exp(η − max η).
+    eta = np.log(fit.weights.where(fit.weights > 0))  # finite only where no underflow
+    assert np.isfinite(fit.att) and row["ess"] == pytest.approx(1.0, abs=1e-6)
+    assert np.isnan(eta[(study.data["school"] == "s08") & (study.data["z"] == 0)]).all()
