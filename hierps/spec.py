@@ -184,7 +184,7 @@ DEMO = {
         "sigma_beta": 1.0,
         "pooling_path": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
     },
-    "posterior": {"draws": 500, "tune": 500, "chains": 2, "random_seed": 1},
+    "posterior": {"draws": 1000, "tune": 1000, "chains": 2, "random_seed": 1},
 }
 
 
