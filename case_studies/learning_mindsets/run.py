@@ -61,7 +61,7 @@ is simulated. Model ([models/learning_mindsets.toml](../../models/learning_minds
     Z ~ 1 + S3 + C2 + C3 + X1 + X2 + X3 + X4 + X5 + (1 + S3 + C2 + C3 | schoolid)
 
 Reproduce everything here with `.venv/bin/python case_studies/learning_mindsets/run.py`
-({elapsed / 60:.0f} minutes on a 2-core machine; equivalently
+({elapsed / 60:.1f} minutes on a 2-core machine; equivalently
 `hierps fit models/learning_mindsets.toml --out output`).
 Full report: [output/report.md](output/report.md).
 
