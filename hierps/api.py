@@ -15,6 +15,7 @@ from hierps.map import MapResult, fit_map
 if TYPE_CHECKING:
     import pymc as pm
 
+    from hierps.outcome import OutcomeModel
     from hierps.posterior import PosteriorResult
 
 __all__ = ["Model"]
@@ -172,6 +173,7 @@ class Model:
         target_accept: float = 0.8,
         store_weights: bool = False,
         progressbar: bool = False,
+        outcome_model: OutcomeModel | str | bool | None = None,
         **fixed: float,
     ) -> PosteriorResult:
         """Sample the posterior with NUTS and compute the effects per draw.
@@ -179,10 +181,23 @@ class Model:
         See :func:`hierps.posterior.sample` for the arguments; ``**fixed`` fixes
         hyperparameters (``sigma_alpha``, ``sigma_beta``, ``sigma_intercept``,
         ``sigma_gamma``, ``sigma_mu_beta``) at numbers.
+
+        ``outcome_model`` adds augmented CATTs (``result.augmented``, the ATT in its
+        ``.attrs["att"]``): ``True`` fits the default Bambi hierarchical regression on the
+        controls (:func:`hierps.outcome.fit_outcome_model`), a string is a Bambi formula on
+        the original columns, or pass a fitted :class:`~hierps.outcome.OutcomeModel`.
+        The outcome model never feeds back into the propensity model.
         """
+        from hierps.augment import augment
+        from hierps.outcome import OutcomeModel, fit_outcome_model
         from hierps.posterior import sample
 
-        return sample(
+        if outcome_model is not None and not isinstance(outcome_model, bool | str | OutcomeModel):
+            raise TypeError(
+                f"outcome_model must be True, a formula string or an OutcomeModel, not "
+                f"{type(outcome_model).__name__}"
+            )
+        result = sample(
             self.design,
             draws=draws,
             tune=tune,
@@ -197,3 +212,19 @@ class Model:
             progressbar=progressbar,
             **fixed,
         )
+        if outcome_model is None or outcome_model is False:
+            return result
+        if outcome_model is True:
+            outcome_model = fit_outcome_model(
+                self.design, random_seed=random_seed, progressbar=progressbar
+            )
+        elif isinstance(outcome_model, str):
+            outcome_model = fit_outcome_model(
+                self.design,
+                formula=outcome_model,
+                data=self.data,
+                random_seed=random_seed,
+                progressbar=progressbar,
+            )
+        result.augmented = augment(result, outcome_model)
+        return result

@@ -633,6 +633,8 @@ class PosteriorResult:
         self.estimand = estimand
         self.uncertainty = uncertainty
         self.problems: list[str] = []
+        #: Augmented CATTs (``Model.sample(outcome_model=...)`` or :func:`hierps.augment`).
+        self.augmented: pd.DataFrame | None = None
 
     def __repr__(self) -> str:
         posterior = self.idata["posterior"]

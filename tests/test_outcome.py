@@ -311,3 +311,20 @@ def test_user_formula_on_the_original_frame(fitted):
     assert table.loc["x1", "mean"] == pytest.approx(COEFFICIENTS["x1"], abs=0.2)
     # A user formula is fit on the original columns: no rescaling.
     pd.testing.assert_frame_equal(user.coefficients(original_scale=True), table)
+
+
+@pytest.mark.slow
+def test_sample_with_outcome_model_adds_augmented_catts(fitted):
+    model, outcome, _ = fitted
+    result = quietly(
+        model.sample, draws=100, tune=100, chains=2, random_seed=4, outcome_model=outcome
+    )
+    augmented = result.augmented
+    assert list(augmented.index) == list(model.design.groups)
+    assert {"mean", "sd", "lower", "upper"} <= set(augmented.columns)
+    # The same numbers as augmenting the finished result by hand.
+    again = hierps.augment(result, outcome)
+    np.testing.assert_allclose(augmented["mean"], again["mean"], equal_nan=True)
+    assert augmented.attrs["att"]["mean"] == pytest.approx(again.attrs["att"]["mean"])
+    with pytest.raises(TypeError, match="outcome_model"):
+        quietly(model.sample, draws=20, tune=20, chains=1, outcome_model=3)
