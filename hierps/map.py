@@ -257,8 +257,9 @@ def _gradient_and_hessian(problem, theta_global, theta_local, moments):
 
 def _newton_direction(gradient_global, gradient_local, hessian_global, hessian_local, cross):
     """Solve the block system by the Schur complement on the global block."""
-    solved_cross = np.linalg.solve(hessian_local, cross)  # L_j⁻¹ C_j  (J, K, G)
-    solved_gradient = np.linalg.solve(hessian_local, gradient_local[:, :, None])[:, :, 0]
+    # One batched solve for both right-hand sides: L_j⁻¹ [C_j, g_j]  (J, K, G + 1).
+    solved = np.linalg.solve(hessian_local, np.concatenate([cross, gradient_local[:, :, None]], 2))
+    solved_cross, solved_gradient = solved[:, :, :-1], solved[:, :, -1]
     n_global = hessian_global.shape[0]
     stacked = cross.reshape(-1, n_global)  # rows (group, local)
     schur = hessian_global - stacked.T @ solved_cross.reshape(-1, n_global)
