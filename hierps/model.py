@@ -185,7 +185,10 @@ def build_pymc(design: Design, loss: str = "bernoulli", **fixed: float) -> pm.Mo
                 "group_design", design.group_matrix, dims=("group", "group_covariate")
             )
             gamma = pm.Normal("gamma", 0.0, scales["sigma_gamma"], dims="group_covariate")
-            group_mean = intercept + pt.dot(group_design, gamma)
+            # A broadcast product summed, not pt.dot: numba lowers Dot to a BLAS call whose
+            # wrapper code is large, and nutpie re-links and re-optimizes the whole logp
+            # graph in every process, so Dot alone costs seconds of compilation per fit.
+            group_mean = intercept + (group_design * gamma).sum(axis=-1)
         sigma_alpha = _scale(values, "sigma_alpha", dims=None)
         alpha_offset = pm.Normal("alpha_offset", 0.0, 1.0, dims="group")
         alpha = pm.Deterministic("alpha", group_mean + sigma_alpha * alpha_offset, dims="group")
