@@ -1,7 +1,7 @@
 """Posterior-mode benchmark: hierps' NUTS posterior against Bambi + nutpie on the same model.
 
-Run: ``.venv/bin/python tests/benchmarks/bench_posterior.py [--repeats 3]`` (not part of the
-test suite; about two minutes per repeat on two cores).
+Run: ``.venv/bin/python tests/benchmarks/bench_posterior.py [--repeats 3] [--new-data]`` (not
+part of the test suite; one to two minutes per repeat on two cores).
 
 Data: the learning-mindsets study (10,391 students in 76 schools), treatment ``Z``, the three
 student covariates ``S3``, ``C2``, ``C3`` with varying slopes and the school covariates
@@ -15,18 +15,27 @@ implementations alone. Bambi's CATTs are computed from its draws with hierps' ow
 
 Every run is a fresh Python process, so compilation is counted as a user pays it (PyTensor's
 on-disk numba cache is warm after the first run of each peer, as on a user's machine after a
-first fit). Peers alternate, hierps first. Per run it records:
+first fit; PyMC and nutpie are imported before the clock starts). Peers alternate, hierps
+first. Per run it records:
 
 - wall time of the fit call (``model.sample`` / ``bmb.Model(...).fit``) and, inside it, the
   sampler's own time (PyMC's ``sampling_time``: tuning + draws); the rest is compilation and
-  set-up (and, for hierps, the per-draw CATTs, also timed on their own);
-- the minimum bulk ESS over the CATTs (propensity uncertainty only, identical for both peers)
-  and the hyperparameters (``sigma_alpha``, ``sigma_beta``, ``intercept``, ``gamma``,
-  ``mu_beta`` and Bambi's counterparts), the minimum over the group-specific terms, the
-  divergences and the maximum R-hat over all of these;
-- min-ESS per second of wall time and of sampling time.
+  set-up, and for hierps also its per-draw CATTs and convergence checks, which Bambi's fit
+  does not do; hence also the wall time to the CATTs (Bambi: fit + CATTs from its draws);
+- the minimum bulk ESS over the CATTs (propensity uncertainty only, so identical estimators
+  for both peers) and over the hyperparameters (``sigma_alpha``, ``sigma_beta``,
+  ``intercept``, ``gamma``, ``mu_beta``; Bambi's SDs, intercept and common slopes); the
+  minimum over the group-level terms (hierps' ``alpha``, ``beta``; Bambi's ``1|schoolid``,
+  ``S3|schoolid``, …); the divergences; the maximum R-hat over all of these;
+- min ESS (CATTs and hyperparameters) per second of fit-call wall time, of wall time to the
+  CATTs and of sampling time.
 
 The ratios are hierps ÷ Bambi, pair by pair; min and median over the repeats are printed.
+hierps runs its chains side by side (``cores = min(chains, CPUs)``); Bambi gets PyMC's default
+(half the CPUs: one core here) unless ``--bambi-cores`` is given. ``--new-data`` leaves a
+fresh random 20 students out of every run, so that neither peer finds code compiled for its
+data in the cache: Bambi builds its design matrices into the graph as constants, and hierps
+compiles the data in as constants too (see ``hierps.posterior.sample``).
 """
 
 from __future__ import annotations
@@ -38,6 +47,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    import hierps
 
 DRAWS, TUNE, CHAINS = 1000, 1000, 2
 UNIT = ["S3", "C2", "C3"]
@@ -50,10 +65,18 @@ FORMULA = "Z ~ 1 + S3 + C2 + C3 + X1 + X2 + X3 + X4 + X5 + (1 + S3 + C2 + C3 | s
 # --------------------------------------------------------------------------------------------
 
 
-def _model():
+def _model(drop_seed: int | None = None) -> hierps.Model:
+    """The benchmark's hierps model (hierps is imported in the children only).
+
+    With ``drop_seed``, 20 students chosen by that seed are left out: data that no earlier
+    run compiled, as on a user's first fit of a new data set.
+    """
     import hierps
 
     data = hierps.datasets.load_learning_mindsets()
+    if drop_seed is not None:
+        dropped = data.sample(20, random_state=drop_seed).index
+        data = data.drop(index=dropped)
     return hierps.Model(
         data,
         treatment="Z",
@@ -64,38 +87,38 @@ def _model():
     )
 
 
-def _summary(
-    posterior, catt, hyper: list[str], group_terms: list[str], sample_stats
-) -> dict[str, float]:
-    """Minimum bulk ESS, maximum R-hat and divergences of one run."""
+def _extreme(data: xr.Dataset, statistic: str) -> float:
+    """Smallest bulk ESS or largest R-hat over every entry of every variable of ``data``.
+
+    NaN entries (the CATT of a school without controls, had there been one) are skipped.
+    """
     import arviz as az
     import numpy as np
 
-    def ess(names: list[str]) -> float:
-        data = posterior[names]
-        return float(min(np.nanmin(az.ess(data, method="bulk")[n].to_numpy()) for n in names))
+    if statistic == "ess":
+        values = az.ess(data, method="bulk")
+        return float(min(np.nanmin(values[name].to_numpy()) for name in data.data_vars))
+    values = az.rhat(data)
+    return float(max(np.nanmax(values[name].to_numpy()) for name in data.data_vars))
 
-    def rhat(data, names: list[str]) -> float:
-        return float(max(np.nanmax(az.rhat(data)[n].to_numpy()) for n in names))
 
-    catt_data = catt.to_dataset(name="catt")
+def _summary(
+    posterior: xr.Dataset,
+    catt: xr.DataArray,
+    hyper: list[str],
+    group_terms: list[str],
+    sample_stats: xr.Dataset,
+) -> dict[str, float]:
+    """Minimum bulk ESS (CATTs, hyperparameters, group-level terms), maximum R-hat over all
+    of them, and the divergences of one run."""
+    catts = catt.to_dataset(name="catt")
     return {
-        "ess_catt": ess_of(catt_data, "catt"),
-        "ess_hyper": ess(hyper),
-        "ess_group_terms": ess(group_terms),
-        "rhat": max(
-            rhat(posterior[hyper + group_terms], hyper + group_terms), rhat(catt_data, ["catt"])
-        ),
+        "ess_catt": _extreme(catts, "ess"),
+        "ess_hyper": _extreme(posterior[hyper], "ess"),
+        "ess_group_terms": _extreme(posterior[group_terms], "ess"),
+        "rhat": max(_extreme(posterior[hyper + group_terms], "rhat"), _extreme(catts, "rhat")),
         "divergences": int(sample_stats["diverging"].sum()),
     }
-
-
-def ess_of(data, name: str) -> float:
-    """Smallest bulk ESS of one variable (NaN entries, e.g. inestimable CATTs, ignored)."""
-    import arviz as az
-    import numpy as np
-
-    return float(np.nanmin(az.ess(data, method="bulk")[name].to_numpy()))
 
 
 def _preload() -> None:
@@ -104,14 +127,14 @@ def _preload() -> None:
     import pymc  # noqa: F401
 
 
-def child_hierps(seed: int) -> dict:
+def child_hierps(seed: int, drop_seed: int | None) -> dict:
     import warnings
 
     from hierps.exceptions import HierpsWarning
     from hierps.posterior import from_idata
 
     _preload()
-    model = _model()
+    model = _model(drop_seed)
     design = model.design
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -131,7 +154,7 @@ def child_hierps(seed: int) -> dict:
         ["alpha", "beta"],
         idata["sample_stats"].to_dataset(),
     )
-    summary["ess_catt_bootstrap"] = ess_of(idata["estimands"].to_dataset(), "catt")
+    summary["ess_catt_bootstrap"] = _extreme(idata["estimands"].to_dataset()[["catt"]], "ess")
     return {
         "wall": wall,
         "sampling": float(posterior.attrs["sampling_time"]),
@@ -141,7 +164,7 @@ def child_hierps(seed: int) -> dict:
     }
 
 
-def child_bambi(seed: int) -> dict:
+def child_bambi(seed: int, drop_seed: int | None, cores: int | None) -> dict:
     import warnings
 
     import bambi as bmb
@@ -153,8 +176,9 @@ def child_bambi(seed: int) -> dict:
     from hierps.posterior import from_idata
 
     _preload()
-    design = _model().design
+    design = _model(drop_seed).design
     schools = np.asarray(design.groups).astype(str)
+    # hierps' standardized covariates, the school ones repeated on their students.
     frame = pd.concat(
         [
             design.unit_frame(),
@@ -197,15 +221,15 @@ def child_bambi(seed: int) -> dict:
             random_seed=seed,
             inference_method="nutpie",
             progressbar=False,
+            **({} if cores is None else {"cores": cores}),
         )
     wall = time.perf_counter() - started
-    posterior = idata["posterior"].to_dataset()
-    posterior = posterior.rename({"schoolid__factor_dim": "group"})
-    if [str(g) for g in posterior["group"].to_numpy()] != list(schools):
-        posterior = posterior.sel(group=list(schools))
-    posterior = posterior.assign_coords(group=list(design.groups))
 
     # hierps' coefficients from Bambi's terms, then hierps' estimator of the CATTs.
+    started = time.perf_counter()
+    posterior = idata["posterior"].to_dataset()
+    posterior = posterior.rename({"schoolid__factor_dim": "group"}).sel(group=list(schools))
+    posterior = posterior.assign_coords(group=list(design.groups))
     gamma = xr.concat([posterior[name] for name in SCHOOL], dim="group_covariate")
     school_effect = xr.dot(
         gamma, xr.DataArray(design.group_matrix, dims=("group", "group_covariate"))
@@ -225,6 +249,7 @@ def child_bambi(seed: int) -> dict:
         catt = from_idata(
             design, xr.DataTree.from_dict({"posterior": coefficients}), uncertainty="propensity"
         ).idata["estimands"]["catt"]
+    catt_seconds = time.perf_counter() - started
     sigmas = [f"{term}|schoolid_sigma" for term in ["1", *UNIT]]
     summary = _summary(
         posterior,
@@ -233,7 +258,12 @@ def child_bambi(seed: int) -> dict:
         [f"{term}|schoolid" for term in ["1", *UNIT]],
         idata["sample_stats"].to_dataset(),
     )
-    return {"wall": wall, "sampling": float(posterior.attrs["sampling_time"]), **summary}
+    return {
+        "wall": wall,
+        "to_catts": wall + catt_seconds,
+        "sampling": float(posterior.attrs["sampling_time"]),
+        **summary,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,19 +271,23 @@ def child_bambi(seed: int) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def run_child(peer: str, seed: int) -> dict:
-    result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", peer, "--seed", str(seed)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def run_child(peer: str, seed: int, new_data: bool, bambi_cores: int | None) -> dict:
+    """One fit in a fresh interpreter; its figures plus the min-ESS rates."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", peer, "--seed", str(seed)]
+    if new_data:
+        # A fresh subset per run and per peer: nothing compiled for it before.
+        command += ["--drop-seed", str(time.time_ns() % 2**31)]
+    if bambi_cores is not None:
+        command += ["--bambi-cores", str(bambi_cores)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{peer} run failed:\n{result.stderr[-4000:]}")
     figures = json.loads(result.stdout.strip().splitlines()[-1])
+    # hierps' fit call already returns the CATTs (and runs its convergence checks).
+    figures.setdefault("to_catts", figures["wall"])
     figures["min_ess"] = min(figures["ess_catt"], figures["ess_hyper"])
-    figures["ess_per_s_wall"] = figures["min_ess"] / figures["wall"]
-    figures["ess_per_s_sampling"] = figures["min_ess"] / figures["sampling"]
+    for basis in ("wall", "to_catts", "sampling"):
+        figures[f"ess_per_s_{basis}"] = figures["min_ess"] / figures[basis]
     return figures
 
 
@@ -261,88 +295,110 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{format(min(values), fmt)} / {format(statistics.median(values), fmt)}"
 
 
+def report(runs: dict[str, list[dict]], bambi_cores: int | None, new_data: bool) -> None:
+    """Print the table of both peers and the pairwise ratios."""
+    n_runs = len(runs["hierps"])
+    cores = "PyMC's default cores" if bambi_cores is None else f"cores={bambi_cores}"
+    students = "10,371 of 10,391 students (new subset each run)" if new_data else "10,391 students"
+    print(
+        f"\nlearning mindsets: {students}, 76 schools; S3, C2, C3 varying, X1-X5 school "
+        f"level; {CHAINS} chains x ({TUNE} tune + {DRAWS} draws), nutpie (Bambi: {cores}); "
+        f"{n_runs} runs each; every cell min / median"
+    )
+    print(
+        f"hierps likelihood on {runs['hierps'][0]['n_patterns']:,} (school, covariate "
+        f"pattern) cells"
+    )
+    rows = [
+        ("wall time of the fit call, s", "wall", ".1f"),
+        ("  of which sampling (tune+draws), s", "sampling", ".1f"),
+        ("  the rest (compile, set-up, ...), s", "rest", ".1f"),
+        ("wall time to the CATTs, s", "to_catts", ".1f"),
+        ("min bulk ESS, CATTs", "ess_catt", ".0f"),
+        ("min bulk ESS, hyperparameters", "ess_hyper", ".0f"),
+        ("min bulk ESS, group-level terms", "ess_group_terms", ".0f"),
+        ("max R-hat", "rhat", ".4f"),
+        ("divergences", "divergences", ".0f"),
+        ("min ESS / s, fit-call wall", "ess_per_s_wall", ".1f"),
+        ("min ESS / s, wall to the CATTs", "ess_per_s_to_catts", ".1f"),
+        ("min ESS / s, sampling time", "ess_per_s_sampling", ".1f"),
+    ]
+    print(f"{'':38s}{'hierps':>18s}{'bambi':>18s}")
+    for label, key, fmt in rows:
+        cells = []
+        for peer in ("hierps", "bambi"):
+            if key == "rest":
+                values = [r["wall"] - r["sampling"] for r in runs[peer]]
+            else:
+                values = [float(r[key]) for r in runs[peer]]
+            cells.append(_spread(values, fmt))
+        print(f"{label:38s}{cells[0]:>18s}{cells[1]:>18s}")
+    hierps_runs = runs["hierps"]
+    print(
+        f"hierps' fit call includes its per-draw CATTs "
+        f"({_spread([r['estimands'] for r in hierps_runs], '.2f')} s alone) and convergence "
+        f"checks; its default Bayesian-bootstrap CATTs have min ESS "
+        f"{_spread([r['ess_catt_bootstrap'] for r in hierps_runs], '.0f')}"
+    )
+    print("\nratios hierps / bambi, pair by pair (min / median):")
+    pairs = list(zip(runs["hierps"], runs["bambi"], strict=True))
+    for label, key, faster in (
+        ("min ESS / s, fit-call wall", "ess_per_s_wall", False),
+        ("min ESS / s, wall to the CATTs", "ess_per_s_to_catts", False),
+        ("min ESS / s, sampling time", "ess_per_s_sampling", False),
+        ("speed-up, fit-call wall", "wall", True),
+        ("speed-up, sampling time", "sampling", True),
+    ):
+        ratios = [b[key] / h[key] if faster else h[key] / b[key] for h, b in pairs]
+        print(f"  {label:36s}{_spread(ratios, '.2f'):>18s}")
+    clean = sum(r["divergences"] == 0 and r["rhat"] <= 1.01 for r in hierps_runs)
+    print(
+        f"target: hierps >= 3x Bambi's min ESS/s with 0 divergences and R-hat <= 1.01; "
+        f"hierps runs with 0 divergences and R-hat <= 1.01: {clean} of {n_runs}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each peer")
     parser.add_argument("--seed", type=int, default=1, help="seed of the first repeat")
+    parser.add_argument(
+        "--bambi-cores",
+        type=int,
+        default=None,
+        help="cores= for Bambi's fit (default: PyMC's, half the CPUs); hierps runs its "
+        "chains on min(chains, CPUs)",
+    )
+    parser.add_argument(
+        "--new-data",
+        action="store_true",
+        help="leave 20 random students out in every run, so that no run finds code compiled "
+        "for its data in the cache (a first fit of a new data set)",
+    )
     parser.add_argument("--child", choices=["hierps", "bambi"], help=argparse.SUPPRESS)
+    parser.add_argument("--drop-seed", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        fit = child_hierps if args.child == "hierps" else child_bambi
-        print(json.dumps(fit(args.seed)))
+    if args.child == "hierps":
+        print(json.dumps(child_hierps(args.seed, args.drop_seed)))
+        return
+    if args.child == "bambi":
+        print(json.dumps(child_bambi(args.seed, args.drop_seed, args.bambi_cores)))
         return
 
     started = time.perf_counter()
     runs: dict[str, list[dict]] = {"hierps": [], "bambi": []}
     for repeat in range(args.repeats):
         for peer in runs:
-            figures = run_child(peer, args.seed + repeat)
+            figures = run_child(peer, args.seed + repeat, args.new_data, args.bambi_cores)
             runs[peer].append(figures)
             print(
                 f"  run {repeat + 1} {peer:6s} wall {figures['wall']:6.1f} s, sampling "
                 f"{figures['sampling']:5.1f} s, min ESS {figures['min_ess']:6.0f}, "
-                f"{figures['ess_per_s_wall']:6.1f} ESS/s",
+                f"{figures['ess_per_s_wall']:6.1f} ESS/s, max R-hat {figures['rhat']:.4f}, "
+                f"{figures['divergences']} divergences",
                 flush=True,
             )
-
-    print(
-        f"\nlearning mindsets: 10,391 students, 76 schools; S3, C2, C3 varying, X1-X5 school "
-        f"level; {CHAINS} chains x ({TUNE} tune + {DRAWS} draws), nutpie; "
-        f"{args.repeats} runs each, figures as min / median"
-    )
-    n_patterns = runs["hierps"][0]["n_patterns"]
-    print(f"hierps likelihood on {n_patterns:,} (school, covariate pattern) cells")
-    rows = [
-        ("wall time of the fit call, s", "wall", ".1f"),
-        ("  sampling (tune + draws), s", "sampling", ".1f"),
-        ("  compile, set-up, CATTs, s", None, ".1f"),
-        ("min bulk ESS, CATTs", "ess_catt", ".0f"),
-        ("min bulk ESS, hyperparameters", "ess_hyper", ".0f"),
-        ("min bulk ESS, group-level terms", "ess_group_terms", ".0f"),
-        ("max R-hat", "rhat", ".4f"),
-        ("divergences", "divergences", ".0f"),
-        ("min ESS / s of wall time", "ess_per_s_wall", ".1f"),
-        ("min ESS / s of sampling time", "ess_per_s_sampling", ".1f"),
-    ]
-    print(f"{'':34s}{'hierps':>20s}{'bambi':>20s}")
-    for label, key, fmt in rows:
-        cells = []
-        for peer in runs:
-            if key is None:
-                values = [r["wall"] - r["sampling"] for r in runs[peer]]
-            else:
-                values = [float(r[key]) for r in runs[peer]]
-            cells.append(_spread(values, fmt))
-        print(f"{label:34s}{cells[0]:>20s}{cells[1]:>20s}")
-    estimands = [r["estimands"] for r in runs["hierps"]]
-    bootstrap = [r["ess_catt_bootstrap"] for r in runs["hierps"]]
-    print(
-        f"hierps: per-draw CATTs {_spread(estimands, '.2f')} s of its wall time; min ESS of "
-        f"its default (Bayesian-bootstrap) CATTs {_spread(bootstrap, '.0f')}"
-    )
-
-    print("\nratios hierps / bambi, pair by pair (min / median):")
-    for label, key in (
-        ("min ESS / s of wall time", "ess_per_s_wall"),
-        ("min ESS / s of sampling time", "ess_per_s_sampling"),
-        ("wall time (bambi / hierps)", "wall"),
-        ("sampling time (bambi / hierps)", "sampling"),
-    ):
-        pairs = [
-            (b[key] / h[key]) if key in ("wall", "sampling") else (h[key] / b[key])
-            for h, b in zip(runs["hierps"], runs["bambi"], strict=True)
-        ]
-        print(f"  {label:34s}{_spread(pairs, '.2f'):>20s}")
-    hierps_runs = runs["hierps"]
-    clean = all(r["divergences"] == 0 and r["rhat"] <= 1.01 for r in hierps_runs)
-    ratio = statistics.median(
-        h["ess_per_s_wall"] / b["ess_per_s_wall"]
-        for h, b in zip(runs["hierps"], runs["bambi"], strict=True)
-    )
-    print(
-        f"target hierps >= 3x bambi min-ESS/s (wall), 0 divergences, R-hat <= 1.01: "
-        f"median ratio {ratio:.2f}, hierps runs clean: {clean}"
-    )
+    report(runs, args.bambi_cores, args.new_data)
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s")
 
 
