@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["GroupSums", "att_from_catt", "catt_from_weights", "kish_ess"]
+__all__ = ["GroupSums", "att_from_catt", "catt_from_weights", "effects_from_sums", "kish_ess"]
 
 
 class GroupSums:
@@ -58,13 +58,28 @@ def catt_from_weights(
     w = np.where(is_control, control_weights, 0.0)
     a = np.where(is_control, 0.0, 1.0 if treated_weights is None else treated_weights)
     a = np.broadcast_to(a, w.shape) if a.ndim < w.ndim else a
-    control_weight = group_sums(w)
-    treated_weight = group_sums(a)
+    return effects_from_sums(
+        treated_weight=group_sums(a),
+        treated_total=group_sums(a * outcome),
+        control_weight=group_sums(w),
+        control_total=group_sums(w * outcome),
+    )
+
+
+def effects_from_sums(
+    treated_weight: np.ndarray,
+    treated_total: np.ndarray,
+    control_weight: np.ndarray,
+    control_total: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Group effects from each arm's weight sum ``Σ w`` and weighted outcome sum ``Σ w Y``.
+
+    The arrays are ``(..., n_groups)``; the result has the keys of :func:`catt_from_weights`.
+    A group whose arm has no weight gets a NaN mean for that arm and so a NaN effect.
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
-        control_mean = group_sums(w * outcome) / control_weight
-        treated_mean = group_sums(a * outcome) / treated_weight
-    control_mean = np.where(control_weight > 0, control_mean, np.nan)
-    treated_mean = np.where(treated_weight > 0, treated_mean, np.nan)
+        control_mean = np.where(control_weight > 0, control_total / control_weight, np.nan)
+        treated_mean = np.where(treated_weight > 0, treated_total / treated_weight, np.nan)
     return {
         "catt": treated_mean - control_mean,
         "treated_mean": treated_mean,
