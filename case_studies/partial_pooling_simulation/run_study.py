@@ -212,6 +212,7 @@ def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
     import nutpie
 
     import hierps
+    from hierps.model import pattern_data
     from hierps.pooling import map_standard_errors
     from hierps.posterior import from_idata
 
@@ -299,11 +300,11 @@ def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
     t_map = time.perf_counter()
 
     # --- posterior: sample once with the compiled model, new data -------------------------
+    # The containers the compiled density reads: the likelihood's (group, covariate pattern)
+    # counts and the school covariates (the unit-level record is not part of it).
+    used = {variable.name for variable in compiled.shared_var_keys}
     data_model = compiled.with_data(
-        group_index=design.group_codes,
-        treatment=design.treatment.astype("int64"),
-        unit_design=design.unit_matrix,
-        group_design=design.group_matrix,
+        **{name: value for name, value in pattern_data(design).items() if name in used}
     )
     idata = nutpie.sample(
         data_model, draws=DRAWS, tune=TUNE, chains=CHAINS, cores=1, seed=seed, progress_bar=False
