@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +53,7 @@ CURVATURE = 0.01
 LINE_SEARCH_STEPS = 30
 # Once a Newton step cuts the largest gradient by this factor, the Hessian has settled:
 # later steps reuse its factorization while each cuts the gradient by as much again.
-CHORD = 1e-2
+CHORD = 0.03
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,13 +71,8 @@ class Bucket:
 
 
 @dataclass(frozen=True, eq=False)
-class CalibratedProblem:
-    """The calibrated-loss problem in the solver's layout.
-
-    Global coefficients are ``(a0, γ, μ)``: group ``j``'s coefficients on ``z = (1, x)`` are
-    ``(a0 + v_j'γ, μ)`` plus its local deviations ``(u_j, δ_j)`` on the ``z`` entries
-    ``local_index``. With no groups of interest (one group, no local entries) the problem is
-    a plain regularized calibration on the columns of ``x``.
+class ControlLayout:
+    """Everything the solver needs from the unit rows: the controls in padded buckets.
 
     The solver numbers the groups by control count (groups without controls last), so that
     each bucket's groups are a slice; ``group_order`` maps them back to the input codes.
@@ -87,11 +83,50 @@ class CalibratedProblem:
     slots: np.ndarray  # (n_controls,) position of each control in the padded vector
     order: np.ndarray  # (n_controls,) its row in the input, in the same order as slots
     padding: np.ndarray  # (n_padded,) η offset: 0 at controls, -inf at padding (w = 0)
-    treated_moments: np.ndarray  # (J, D): Σ_treated z per group
+    treated_moments: np.ndarray  # (J, D): Σ_treated z per group, in the solver's order
+    gram: np.ndarray  # (J, D, D): Σ_controls z z' per group
+
+
+@dataclass(frozen=True, eq=False)
+class CalibratedProblem:
+    """The calibrated-loss problem in the solver's layout.
+
+    Global coefficients are ``(a0, γ, μ)``: group ``j``'s coefficients on ``z = (1, x)`` are
+    ``(a0 + v_j'γ, μ)`` plus its local deviations ``(u_j, δ_j)`` on the ``z`` entries
+    ``local_index``. With no groups of interest (one group, no local entries) the problem is
+    a plain regularized calibration on the columns of ``x``. Per-group arrays are in the
+    layout's group order.
+    """
+
+    layout: ControlLayout
     intercept_design: np.ndarray  # (J, 1 + p): (1, v_j), so that α_j = (1, v_j)·(a0, γ) + u_j
     local_index: np.ndarray  # (K,) indices into z
     prior_global: np.ndarray  # (G,) prior precisions
     prior_local: np.ndarray  # (K,) prior precisions
+
+    @property
+    def buckets(self) -> tuple[Bucket, ...]:
+        return self.layout.buckets
+
+    @property
+    def group_order(self) -> np.ndarray:
+        return self.layout.group_order
+
+    @property
+    def slots(self) -> np.ndarray:
+        return self.layout.slots
+
+    @property
+    def order(self) -> np.ndarray:
+        return self.layout.order
+
+    @property
+    def padding(self) -> np.ndarray:
+        return self.layout.padding
+
+    @property
+    def treated_moments(self) -> np.ndarray:
+        return self.layout.treated_moments
 
     @property
     def n_groups(self) -> int:
@@ -117,8 +152,18 @@ class CalibratedProblem:
         )
 
 
+# Layouts of the designs fitted so far: a pooling path or a tuning grid refits one design
+# many times, and the layout depends on its rows only. Entries go with their designs.
+_LAYOUTS: weakref.WeakKeyDictionary[Design, ControlLayout] = weakref.WeakKeyDictionary()
+
+
 def hierarchical_problem(design: Design, hyperparameters: MapHyperparameters) -> CalibratedProblem:
     """Lay out the hierarchical model of a design for the Newton solver."""
+    layout = _LAYOUTS.get(design)
+    if layout is None:
+        layout = _LAYOUTS[design] = lay_out_controls(
+            design.unit_matrix, design.treatment == 1, design.group_codes, design.n_groups
+        )
     n_unit = len(design.unit_names)
     n_group_cov = len(design.group_names)
     varying_index = np.flatnonzero(design.varying)
@@ -132,14 +177,24 @@ def hierarchical_problem(design: Design, hyperparameters: MapHyperparameters) ->
         ]
     )
     prior_local = np.concatenate([[h.sigma_alpha**-2], sigma_beta**-2])
-    return _laid_out(
-        design.unit_matrix,
-        design.treatment == 1,
-        design.group_codes,
+    return _problem(
+        layout,
         design.group_matrix,
         np.concatenate([[0], 1 + varying_index]),
         prior_global,
         prior_local,
+    )
+
+
+def _problem(layout, group_design, local_index, prior_global, prior_local) -> CalibratedProblem:
+    n_groups = len(layout.group_order)
+    group_design = np.asarray(group_design, dtype=float).reshape(n_groups, -1)
+    return CalibratedProblem(
+        layout=layout,
+        intercept_design=np.column_stack([np.ones(n_groups), group_design[layout.group_order]]),
+        local_index=np.asarray(local_index, dtype=np.int64),
+        prior_global=np.asarray(prior_global, dtype=float),
+        prior_local=np.asarray(prior_local, dtype=float),
     )
 
 
@@ -175,20 +230,31 @@ def make_problem(
     """
     if not np.all(z_all[:, 0] == 1.0):
         raise ValueError("the first column of z_all must be the constant 1")
-    return _laid_out(
-        z_all[:, 1:],
-        np.asarray(treatment) == 1,
-        codes,
-        group_design,
-        local_index,
-        prior_global,
-        prior_local,
-    )
+    treated = np.asarray(treatment) == 1
+    layout = lay_out_controls(z_all[:, 1:], treated, codes, len(group_design))
+    return _problem(layout, group_design, local_index, prior_global, prior_local)
 
 
-def _laid_out(x, treated, codes, group_design, local_index, prior_global, prior_local):
-    """The problem on ``z = (1, x)``, controls laid out in padded buckets of groups."""
-    n_groups = len(group_design)
+def lay_out_controls(
+    x: np.ndarray, treated: np.ndarray, codes: np.ndarray, n_groups: int
+) -> ControlLayout:
+    """Lay out the controls of ``z = (1, x)`` in padded buckets of groups of similar size.
+
+    Parameters
+    ----------
+    x
+        ``(n, D − 1)``: the unit covariates of every unit.
+    treated
+        ``(n,)`` booleans.
+    codes
+        ``(n,)``: group code of every unit, in ``0 .. n_groups − 1``.
+    n_groups
+        The number of groups.
+
+    Returns
+    -------
+    ControlLayout
+    """
     control_rows = np.flatnonzero(~treated)
     control_codes = codes[control_rows]
     counts = np.bincount(control_codes, minlength=n_groups)
@@ -233,19 +299,10 @@ def _laid_out(x, treated, codes, group_design, local_index, prior_global, prior_
         shape=(n_groups, len(codes)),
     )
     treated_moments[:, 1:] = indicator @ x
-    group_design = np.asarray(group_design, dtype=float).reshape(n_groups, -1)[group_order]
-    return CalibratedProblem(
-        buckets=tuple(buckets),
-        group_order=group_order,
-        slots=slots,
-        order=order,
-        padding=padding,
-        treated_moments=treated_moments,
-        intercept_design=np.column_stack([np.ones(n_groups), group_design]),
-        local_index=np.asarray(local_index, dtype=np.int64),
-        prior_global=np.asarray(prior_global, dtype=float),
-        prior_local=np.asarray(prior_local, dtype=float),
-    )
+    gram = np.zeros((n_groups, dimension, dimension))
+    for bucket in buckets:
+        np.matmul(bucket.z, bucket.z_rows, out=gram[bucket.groups])
+    return ControlLayout(tuple(buckets), group_order, slots, order, padding, treated_moments, gram)
 
 
 def _bucket_cuts(sizes) -> list[int]:
@@ -395,48 +452,58 @@ class Factorization:
 
     With the local block ``L_j = B M_j B' + P_l`` and the coupling ``N_j = B M_j`` (the
     global-local Hessian block is ``N_j A_j'``), the Schur complement of the local blocks is
-    the global quadratic form of the residual moments ``M_j − N_j' L_j⁻¹ N_j``.
+    the global quadratic form of the residual moments ``M_j − N_j' L_j⁻¹ N_j``. When every
+    entry of ``z`` is local (``B = I``), ``N_j = L_j − P_l`` and the residual moments are
+    ``P_l − P_l L_j⁻¹ P_l``: ``L_j⁻¹`` is all that is kept.
     """
 
     local_inverse: np.ndarray  # L_j⁻¹ (J, K, K)
-    solved_coupling: np.ndarray  # L_j⁻¹ N_j (J, K, D)
-    coupling_transpose: np.ndarray  # N_j' (J, D, K)
     schur_inverse: np.ndarray  # (G, G)
+    solved_coupling: np.ndarray | None = None  # L_j⁻¹ N_j (J, K, D) unless B = I
+    coupling_transpose: np.ndarray | None = None  # N_j' (J, D, K) unless B = I
 
 
 def _factorize(problem: CalibratedProblem, moments: np.ndarray) -> Factorization:
     if problem.n_local == 0:
         empty = np.zeros((problem.n_groups, 0, 0))
-        schur_inverse = np.linalg.inv(_global_quadratic(problem, moments))
-        return Factorization(empty, empty, empty, schur_inverse)
-    local = problem.local_index
-    if problem.all_local:  # B is the identity: no copies
-        coupling = coupling_transpose = block = moments
-    else:
-        coupling, coupling_transpose = moments[:, local, :], moments[:, :, local]
-        block = coupling[:, :, local]
-    block = block + np.diag(problem.prior_local)  # L_j
-    inverse_factor = _inverse_lower(np.linalg.cholesky(block))  # R_j⁻¹
+        return Factorization(empty, np.linalg.inv(_global_quadratic(problem, moments)))
+    local, prior = problem.local_index, problem.prior_local
+    block = moments if problem.all_local else moments[:, local][:, :, local]
+    inverse_factor = _inverse_lower(np.linalg.cholesky(block + np.diag(prior)))  # R_j⁻¹
     # Contiguous transposes: matmul takes a slow path on transposed views.
     local_inverse = np.ascontiguousarray(inverse_factor.transpose(0, 2, 1)) @ inverse_factor
+    if problem.all_local:
+        residual = local_inverse * -np.outer(prior, prior)
+        residual.reshape(len(residual), -1)[:, :: problem.n_local + 1] += prior
+        return Factorization(local_inverse, np.linalg.inv(_global_quadratic(problem, residual)))
+    coupling, coupling_transpose = moments[:, local, :], moments[:, :, local]
     solved_coupling = local_inverse @ coupling
     residual = moments - coupling_transpose @ solved_coupling
     schur_inverse = np.linalg.inv(_global_quadratic(problem, residual))
-    return Factorization(local_inverse, solved_coupling, coupling_transpose, schur_inverse)
+    return Factorization(local_inverse, schur_inverse, solved_coupling, coupling_transpose)
 
 
 def _newton_direction(problem, factorization, gradient_global, gradient_local):
-    """Solve the block Newton system by the Schur complement on the global block."""
+    """Solve the block Newton system by the Schur complement on the global block.
+
+    ``Δθ_global = S⁻¹ (Σ_j A_j N_j' L_j⁻¹ g_j − g_global)`` and
+    ``δ_j = −L_j⁻¹ (g_j + N_j A_j' Δθ_global)``.
+    """
     f = factorization
     if problem.n_local == 0:
         return -f.schur_inverse @ gradient_global, np.zeros((problem.n_groups, 0))
-    solved_gradient = f.local_inverse @ gradient_local[:, :, None]  # L_j⁻¹ g_j
-    rhs = _sum_to_global(problem, (f.coupling_transpose @ solved_gradient)[:, :, 0])
+    solved_gradient = (f.local_inverse @ gradient_local[:, :, None])[:, :, 0]  # L_j⁻¹ g_j
+    if f.solved_coupling is None:  # N_j = L_j − P_l
+        prior = problem.prior_local
+        rhs = _sum_to_global(problem, gradient_local - prior * solved_gradient)
+        step_global = f.schur_inverse @ (rhs - gradient_global)
+        pushed = group_coefficients(problem, step_global)
+        correction = f.local_inverse @ (gradient_local - prior * pushed)[:, :, None]
+        return step_global, -(pushed + correction[:, :, 0])
+    rhs = _sum_to_global(problem, (f.coupling_transpose @ solved_gradient[:, :, None])[:, :, 0])
     step_global = f.schur_inverse @ (rhs - gradient_global)
-    # δ_j = −L_j⁻¹ (g_j + N_j A_j' Δθ_global)
     pushed = group_coefficients(problem, step_global)[:, :, None]
-    step_local = -(solved_gradient + f.solved_coupling @ pushed)
-    return step_global, step_local[:, :, 0]
+    return step_global, -(solved_gradient + (f.solved_coupling @ pushed)[:, :, 0])
 
 
 def newton_solve(
@@ -490,12 +557,17 @@ def _newton_iterations(problem, theta_global, theta_local, tol, max_iterations) 
     max_gradient = np.inf
     converged = contracted = False
     factorization = None
+    # At the default start every control weighs exp(a0): the moments are the Gram matrices.
+    uniform = not (np.any(theta_global[1:]) or np.any(theta_local))
     for iteration in range(max_iterations + 1):
         # Once a step has cut the largest gradient by CHORD, the Hessian has settled: the
         # gradient alone decides between convergence and a chord step that reuses the last
         # factorization, for as long as the steps keep contracting as fast.
         settled = contracted
-        moments = None if settled else accumulate_moments(problem, w)
+        if iteration == 0 and uniform:
+            moments = problem.layout.gram * np.exp(theta_global[0])
+        else:
+            moments = None if settled else accumulate_moments(problem, w)
         first = _first_moments(problem, w) if settled else moments[:, :, 0]
         gradient_global, gradient_local = _gradient(problem, theta_global, theta_local, first)
         largest = float(

@@ -10,7 +10,9 @@ import pytest
 from conftest import make_frame
 
 import hierps
+import hierps.map as map_module
 from hierps.exceptions import HierpsWarning
+from hierps.hyperparameters import MapHyperparameters
 
 
 def fit_quietly(model, **hyperparameters):
@@ -306,3 +308,71 @@ def test_vanishing_weights_of_a_group_give_a_finite_catt_and_a_warning():
     eta = np.log(fit.weights.where(fit.weights > 0))  # finite only where no underflow
     assert np.isfinite(fit.att) and row["ess"] == pytest.approx(1.0, abs=1e-6)
     assert np.isnan(eta[(study.data["school"] == "s08") & (study.data["z"] == 0)]).all()
+
+
+def test_control_layout_pads_every_control_once():
+    frame, roles = make_frame(seed=7, sizes=(1, 300), n_groups=15, categorical_levels=3)
+    frame.loc[frame["school"] == frame["school"].iloc[-1], "z"] = 1  # a group without controls
+    with pytest.warns(HierpsWarning, match="no controls"):
+        model = hierps.Model(frame, **roles)
+    d = model.design
+    problem = map_module.hierarchical_problem(d, MapHyperparameters.from_user(3))
+    layout = problem.layout
+    controls = np.flatnonzero(d.treatment == 0)
+    assert np.array_equal(np.sort(layout.order), controls)
+    assert len(np.unique(layout.slots)) == len(controls)
+    assert np.sort(layout.group_order).tolist() == list(range(d.n_groups))
+    assert np.isinf(layout.padding).sum() == len(layout.padding) - len(controls)
+    z = np.column_stack([np.ones(d.n_units), d.unit_matrix])
+    padded = np.zeros((len(layout.padding), z.shape[1]))
+    for bucket in layout.buckets:
+        padded[bucket.rows] = bucket.z_rows.reshape(-1, z.shape[1])
+        # Every bucket's groups are consecutive and share a width.
+        counts = np.bincount(d.group_codes[controls], minlength=d.n_groups)
+        assert counts[layout.group_order[bucket.groups]].max() == bucket.z.shape[2]
+    np.testing.assert_array_equal(padded[layout.slots], z[layout.order])
+    assert not padded[np.isinf(layout.padding)].any()
+    treated = d.treatment == 1
+    by_group = np.zeros((d.n_groups, z.shape[1]))
+    np.add.at(by_group, d.group_codes[treated], z[treated])
+    np.testing.assert_allclose(layout.treated_moments, by_group[layout.group_order])
+    gram = np.zeros((d.n_groups, z.shape[1], z.shape[1]))
+    np.add.at(gram, d.group_codes[controls], z[controls, :, None] * z[controls, None, :])
+    np.testing.assert_allclose(layout.gram, gram[layout.group_order], atol=1e-10)
+
+
+def test_refits_reuse_the_layout_and_agree():
+    frame, roles = make_frame(seed=8)
+    model = hierps.Model(frame, **roles)
+    first = fit_quietly(model)
+    layout = map_module._LAYOUTS[model.design]
+    second = fit_quietly(model)
+    assert map_module._LAYOUTS[model.design] is layout
+    np.testing.assert_array_equal(first.weights, second.weights)
+    # A fresh layout gives the same fit.
+    map_module._LAYOUTS.clear()
+    third = fit_quietly(model)
+    np.testing.assert_array_equal(first.weights, third.weights)
+
+
+def test_newton_solve_keeps_the_input_group_order():
+    """Local coefficients go in and come out in the design's group order."""
+    frame, roles = make_frame(seed=9, sizes=(5, 400), n_groups=10)
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model)
+    problem = map_module.hierarchical_problem(model.design, fit.hyperparameters)
+    assert not np.array_equal(problem.group_order, np.arange(model.design.n_groups))
+    trace = map_module.newton_solve(problem, fit._theta_global, fit._theta_local)
+    assert trace.converged and trace.iterations == 0
+    np.testing.assert_array_equal(trace.theta_local, fit._theta_local)
+    value = map_module.objective(problem, fit._theta_global, fit._theta_local)
+    assert value == pytest.approx(fit.objective, rel=1e-12)
+
+
+def test_make_problem_needs_the_constant_column():
+    z = np.column_stack([np.ones(4), np.arange(4.0)])
+    args = (np.array([1, 0, 1, 0]), np.zeros(4, dtype=int), np.zeros((1, 0)), np.array([], int))
+    problem = map_module.make_problem(z, *args, np.ones(2), np.array([]))
+    assert problem.n_local == 0 and problem.n_global == 2
+    with pytest.raises(ValueError, match="constant 1"):
+        map_module.make_problem(z[:, ::-1], *args, np.ones(2), np.array([]))

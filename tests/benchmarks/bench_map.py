@@ -1,22 +1,32 @@
 """MAP solver benchmark: hierps.fit_map against pymc.find_MAP on the same model.
 
-Run: ``.venv/bin/python tests/benchmarks/bench_map.py`` (not part of the test suite).
-Prints wall times of the first call (compilation / imports included) and the second call, the
-Newton iterations and final gradient, the ratios, and the scale test (10⁶ units in 2,000 groups)
-with its peak memory, measured in a child process.
+Run: ``.venv/bin/python tests/benchmarks/bench_map.py`` (not part of the test suite);
+``--no-find-map`` skips pymc. Every measurement runs in a child process:
+
+* ``fit_map``: the first call (imports and first-use costs included), the second call, then
+  the minimum and median of further calls, with the control layout cached on the design (as
+  along a tuning grid or a pooling path) and rebuilt on every call (a new design);
+* ``find_MAP``: first and second call with an empty PyTensor compile directory, so that the
+  first call pays the C compilation as a new user does, then again with that directory
+  warm, as in any later session;
+* the scale test (10⁶ units in 2,000 groups) with its peak memory.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
-LEARNING_MINDSETS = """
+SETUP = """
 import time, warnings, json
 warnings.simplefilter("ignore")
+import numpy as np
 import hierps
 data = hierps.datasets.load_learning_mindsets()
 model = hierps.Model(
@@ -24,35 +34,62 @@ model = hierps.Model(
     unit_covariates=["S3", "C1", "C2", "C3"],
     group_covariates=["XC", "X1", "X2", "X3", "X4", "X5"], categorical=["C1", "XC"],
 )
+"""
+
+FIT_MAP = (
+    SETUP
+    + """
+import hierps.map
 out = {}
 for call in ("first", "second"):
     start = time.perf_counter()
     fit = model.fit_map()
     out[call] = time.perf_counter() - start
+
+def repeat(n, rebuild_layout):
+    times = []
+    for _ in range(n):
+        if rebuild_layout:
+            hierps.map._LAYOUTS.clear()
+        start = time.perf_counter()
+        model.fit_map()
+        times.append(time.perf_counter() - start)
+    return [min(times), float(np.median(times))]
+
+out["cached"] = repeat(N_CALLS, False)
+out["rebuilt"] = repeat(N_CALLS, True)
 out["iterations"] = fit.iterations
 out["max_gradient"] = fit.max_gradient
-out["objective"] = fit.objective
 out["n_parameters"] = int(fit._theta_global.size + fit._theta_local.size)
-if RUN_FIND_MAP:
-    import pymc as pm
-    hp = fit.hyperparameters.as_dict()
-    for call in ("find_map_first", "find_map_second"):
-        start = time.perf_counter()
-        pymc_model = model.build_pymc(loss="calibrated", **hp)
-        point = pm.find_MAP(model=pymc_model, progressbar=False)
-        out[call] = time.perf_counter() - start
-    logp = pymc_model.compile_logp()
-    c = fit.coefficients
-    ours = {
-        "intercept": float(c["intercept"]), "gamma": c["gamma"].to_numpy(),
-        "alpha_offset": c["alpha_deviation"].to_numpy() / hp["sigma_alpha"],
-        "mu_beta": c["mu_beta"].to_numpy(),
-        "beta_offset": c["beta_deviation"].to_numpy() / hp["sigma_beta"],
-    }
-    out["logp_hierps"] = float(logp(ours))
-    out["logp_find_map"] = float(logp({k: point[k] for k in ours}))
 print(json.dumps(out))
 """
+)
+
+FIND_MAP = (
+    SETUP
+    + """
+import pymc as pm
+fit = model.fit_map()
+hp = fit.hyperparameters.as_dict()
+out = {}
+for call in ("first", "second"):
+    start = time.perf_counter()
+    pymc_model = model.build_pymc(loss="calibrated", **hp)
+    point = pm.find_MAP(model=pymc_model, progressbar=False)
+    out[call] = time.perf_counter() - start
+logp = pymc_model.compile_logp()
+c = fit.coefficients
+ours = {
+    "intercept": float(c["intercept"]), "gamma": c["gamma"].to_numpy(),
+    "alpha_offset": c["alpha_deviation"].to_numpy() / hp["sigma_alpha"],
+    "mu_beta": c["mu_beta"].to_numpy(),
+    "beta_offset": c["beta_deviation"].to_numpy() / hp["sigma_beta"],
+}
+out["logp_hierps"] = float(logp(ours))
+out["logp_find_map"] = float(logp({k: point[k] for k in ours}))
+print(json.dumps(out))
+"""
+)
 
 SCALE = """
 import time, warnings, json, resource
@@ -71,38 +108,62 @@ print(json.dumps({"n": model.design.n_units, "groups": model.design.n_groups,
                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
+N_CALLS = 30
 
-def run(code: str) -> dict:
+
+def run(code: str, env: dict[str, str] | None = None) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=None if env is None else {**os.environ, **env},
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:7.1f} ms"
+
+
+def find_map_runs() -> dict[str, dict]:
+    """find_MAP with an empty PyTensor compile directory, then with the same one warm."""
+    compiledir = tempfile.mkdtemp(prefix="bench-map-pytensor-")
+    env = {"PYTENSOR_FLAGS": f"compiledir={compiledir}"}
+    try:
+        return {"cold": run(FIND_MAP, env), "warm": run(FIND_MAP, env)}
+    finally:
+        shutil.rmtree(compiledir, ignore_errors=True)
+
+
 def main() -> None:
     warnings.simplefilter("ignore")
-    run_find_map = "--no-find-map" not in sys.argv
     started = time.perf_counter()
-    mindsets = run(f"RUN_FIND_MAP = {run_find_map}\n" + LEARNING_MINDSETS)
+    fit = run(f"N_CALLS = {N_CALLS}\n" + FIT_MAP)
     print("learning mindsets: 10,391 students, 76 schools, 18 unit columns (all varying),")
-    print(f"  10 school columns; {mindsets['n_parameters']} parameters")
+    print(f"  10 school columns; {fit['n_parameters']} parameters")
     print(
-        f"  hierps.fit_map   first call {mindsets['first'] * 1e3:8.1f} ms   "
-        f"second call {mindsets['second'] * 1e3:8.1f} ms   "
-        f"{mindsets['iterations']} Newton iterations, max |gradient| "
-        f"{mindsets['max_gradient']:.1e}"
+        f"  hierps.fit_map   first call {ms(fit['first'])}   second call {ms(fit['second'])}"
+        f"   {fit['iterations']} Newton iterations, max |gradient| {fit['max_gradient']:.1e}"
     )
-    if run_find_map:
+    for key, label in (("cached", "layout cached"), ("rebuilt", "layout rebuilt")):
+        low, median = fit[key]
+        print(f"    {N_CALLS} more calls, {label}: min {ms(low)}, median {ms(median)}")
+    if "--no-find-map" not in sys.argv:
+        titles = {
+            "cold": "empty PyTensor compile cache (the first call compiles)",
+            "warm": "warm PyTensor compile cache",
+        }
+        for key, result in find_map_runs().items():
+            print(
+                f"  pymc.find_MAP, {titles[key]}:\n"
+                f"    first call {result['first']:7.2f} s   second call {result['second']:7.2f} s"
+                f"   ratio find_MAP / fit_map: first {result['first'] / fit['first']:,.0f}x, "
+                f"second {result['second'] / fit['second']:,.0f}x"
+            )
         print(
-            f"  pymc.find_MAP    first call {mindsets['find_map_first']:8.2f} s    "
-            f"second call {mindsets['find_map_second']:8.2f} s"
-        )
-        first = mindsets["find_map_first"] / mindsets["first"]
-        second = mindsets["find_map_second"] / mindsets["second"]
-        print(f"  ratio find_MAP / fit_map: first {first:,.0f}x, second {second:,.0f}x")
-        print(
-            f"  log density at optimum: hierps {mindsets['logp_hierps']:.6f}, "
-            f"find_MAP {mindsets['logp_find_map']:.6f}"
+            f"  log density at optimum: hierps {result['logp_hierps']:.6f}, "
+            f"find_MAP {result['logp_find_map']:.6f}"
         )
     scale = run(SCALE)
     print(
