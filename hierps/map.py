@@ -11,10 +11,14 @@ is linear with a constant Jacobian, so the modes coincide)::
 Every unit's linear predictor is ``η_i = c_j · z_i`` with ``z_i = (1, x_i)`` and the group's
 coefficients ``c_j = (α_j, β_j)``. The Hessian has one block per group for ``(u_j, δ_j)``,
 a small global block for ``(a0, γ, μ)`` and their coupling; Newton steps solve it by the
-Schur complement on the global block. All data-dependent work is the per-group moment
-matrix ``M_j = Σ_{controls in j} w_i z_i z_i'``: the controls are laid out in buckets of
-groups of similar size, zero-padded to a common width, so that it and every ``η`` are a few
-batched matrix products rather than one small product per group.
+Schur complement on the global block, with batched Cholesky factors of the local blocks.
+All data-dependent work is the per-group moment matrix ``M_j = Σ_{controls in j} w_i z_i
+z_i'`` and the predictors ``η``: the controls are laid out once per design in buckets of
+groups of similar size, zero-padded to a common width, so that both are a few batched matrix
+products rather than one small product per group. Each step minimizes the objective roughly
+along the Newton direction (the exponential loss makes full steps too short or too long far
+from the optimum); near the optimum, steps reuse the last factorization while they keep
+contracting the gradient fast.
 """
 
 from __future__ import annotations
@@ -287,7 +291,7 @@ def lay_out_controls(
         rows = slice(int(group_start[start]), int(group_start[start]) + n_bucket * width)
         z = np.empty((n_bucket, dimension, width))
         z[:, 0] = np.exp(padding[rows]).reshape(n_bucket, width)  # 1, or 0 at padding
-        columns = gathered[rows].reshape(n_bucket, width, -1).transpose(0, 2, 1)
+        columns = gathered[rows].reshape(n_bucket, width, dimension - 1).transpose(0, 2, 1)
         np.multiply(columns, z[:, :1], out=z[:, 1:])
         buckets.append(Bucket(slice(start, stop), rows, z))
 
@@ -591,6 +595,9 @@ def _newton_iterations(problem, theta_global, theta_local, tol, max_iterations) 
         step, w, objective = _line_search(
             problem, (step_global, step_local), w, eta, step_eta, objective, slope
         )
+        if step == 0.0 and settled:
+            contracted = False  # the reused factorization failed: take a fresh one
+            continue
         if step == 0.0:
             # No further descent is possible in floating point: report where we are.
             break
@@ -695,6 +702,11 @@ def fit_map(
     Returns
     -------
     MapResult
+
+    Notes
+    -----
+    The solver's layout of the controls (a padded copy of their covariates) is kept with the
+    design for as long as the design lives, so that refits with other prior scales skip it.
     """
     given = {
         "sigma_alpha": sigma_alpha,
