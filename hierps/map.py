@@ -553,7 +553,12 @@ def newton_solve(
 
 
 def _newton_iterations(problem, theta_global, theta_local, tol, max_iterations) -> NewtonTrace:
-    eta = linear_predictor(problem, group_coefficients(problem, theta_global, theta_local))
+    # At the default start every control has η = a0: the moments are the Gram matrices.
+    uniform = not (np.any(theta_global[1:]) or np.any(theta_local))
+    if uniform:
+        eta = problem.padding + theta_global[0]
+    else:
+        eta = linear_predictor(problem, group_coefficients(problem, theta_global, theta_local))
     with np.errstate(over="ignore"):
         w = np.exp(eta)
     objective = _objective(problem, theta_global, theta_local, w.sum())
@@ -561,8 +566,6 @@ def _newton_iterations(problem, theta_global, theta_local, tol, max_iterations) 
     max_gradient = np.inf
     converged = contracted = False
     factorization = None
-    # At the default start every control weighs exp(a0): the moments are the Gram matrices.
-    uniform = not (np.any(theta_global[1:]) or np.any(theta_local))
     for iteration in range(max_iterations + 1):
         # Once a step has cut the largest gradient by CHORD, the Hessian has settled: the
         # gradient alone decides between convergence and a chord step that reuses the last
@@ -760,18 +763,28 @@ class MapResult:
         weights[problem.order] = trace.control_weights
         self.weights = pd.Series(weights, index=design.index, name="weight")
         self._effects = None
+        # The controls come in runs of one group each: per-group reductions are reduceat's.
+        codes = design.group_codes[problem.order]
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else []
+        groups = codes[starts]
+
+        def per_group(reduce: np.ufunc, values: np.ndarray, empty: float) -> np.ndarray:
+            out = np.full(design.n_groups, empty)
+            if len(groups):
+                out[groups] = reduce.reduceat(values, starts)
+            return out
+
         # Within-group weights relative to the group's largest: exp(η) may underflow to 0 for
         # every control of a group where balance is nearly infeasible, but the Hájek CATT,
         # the ESS and the weight shares only need ratios, which stay exact.
-        codes = design.group_codes[problem.order]
-        largest = _group_maxima(codes, trace.control_eta, design.n_groups)
+        largest = per_group(np.maximum, trace.control_eta, -np.inf)
         relative = np.exp(trace.control_eta - np.where(np.isfinite(largest), largest, 0.0)[codes])
         self._relative_weights = np.zeros(design.n_units)  # 0 on treated units
         self._relative_weights[problem.order] = relative
         self._control_totals = {
-            "count": np.bincount(codes, minlength=design.n_groups),
-            "relative": np.bincount(codes, weights=relative, minlength=design.n_groups),
-            "weight": np.bincount(codes, weights=trace.control_weights, minlength=design.n_groups),
+            "count": per_group(np.add, np.ones(len(codes)), 0.0),
+            "relative": per_group(np.add, relative, 0.0),
+            "weight": per_group(np.add, trace.control_weights, 0.0),
         }
 
     @functools.cached_property
@@ -906,15 +919,6 @@ class MapResult:
             HierpsWarning,
             stacklevel=3,
         )
-
-
-def _group_maxima(codes: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
-    """Largest value per group (``-inf`` where none), for values in runs of equal codes."""
-    largest = np.full(n_groups, -np.inf)
-    if len(codes):
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        largest[codes[starts]] = np.maximum.reduceat(values, starts)
-    return largest
 
 
 def _short(labels: list) -> str:
