@@ -14,13 +14,29 @@ import xarray as xr
 from scipy.fft import next_fast_len
 from scipy.special import ndtri
 
-__all__ = ["ess_bulk", "rhat_and_ess", "rhat_and_ess_of", "rhat_rank"]
+__all__ = ["rhat_and_ess", "rhat_and_ess_of"]
 
 _MIN_DRAWS = 4
 
 
 def rhat_and_ess(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`rhat_rank` and :func:`ess_bulk` of the same draws, sharing their ranks."""
+    """Rank-normalized split R-hat and bulk ESS of every entry, sharing their ranks.
+
+    R-hat is the larger of the bulk R-hat (of the normal scores of the ranks over all split
+    chains) and the tail R-hat (the same for the draws folded about their median). The bulk
+    ESS is the ESS of those normal scores.
+
+    Parameters
+    ----------
+    draws
+        ``(..., chain, draw)``.
+
+    Returns
+    -------
+    rhat, ess : numpy.ndarray
+        ``(...)`` each. NaN for entries with a NaN draw or with fewer than 4 draws; R-hat is
+        also NaN with a single chain.
+    """
     draws = np.asarray(draws, dtype=float)
     if draws.shape[-1] < _MIN_DRAWS:
         empty = np.full(draws.shape[:-2], np.nan)
@@ -48,46 +64,6 @@ def rhat_and_ess_of(samples: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
             output_core_dims=[[], []],
         )
     return xr.Dataset(rhat), xr.Dataset(ess)
-
-
-def rhat_rank(draws: np.ndarray) -> np.ndarray:
-    """Rank-normalized split R-hat: the larger of the bulk and the folded (tail) R-hat.
-
-    Parameters
-    ----------
-    draws
-        ``(..., chain, draw)``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(...)``; NaN for entries with a NaN draw, or with fewer than 2 chains or 4 draws.
-    """
-    draws = np.asarray(draws, dtype=float)
-    if draws.shape[-2] < 2 or draws.shape[-1] < _MIN_DRAWS:
-        return np.full(draws.shape[:-2], np.nan)
-    split = _split_chains(draws)
-    bulk = _rhat(_z_scale(split))
-    return np.where(_has_nan(draws), np.nan, np.maximum(bulk, _tail_rhat(split)))
-
-
-def ess_bulk(draws: np.ndarray) -> np.ndarray:
-    """Bulk effective sample size: the ESS of the rank-normalized split chains.
-
-    Parameters
-    ----------
-    draws
-        ``(..., chain, draw)``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(...)``; NaN for entries with a NaN draw or with fewer than 4 draws.
-    """
-    draws = np.asarray(draws, dtype=float)
-    if draws.shape[-1] < _MIN_DRAWS:
-        return np.full(draws.shape[:-2], np.nan)
-    return np.where(_has_nan(draws), np.nan, _ess(_z_scale(_split_chains(draws))))
 
 
 def _tail_rhat(split: np.ndarray) -> np.ndarray:
