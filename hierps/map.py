@@ -320,7 +320,9 @@ def _bucket_cuts(sizes) -> list[int]:
     return [*cuts, len(sizes)] if sizes else [0]
 
 
-def group_coefficients(problem: CalibratedProblem, theta_global, theta_local=None) -> np.ndarray:
+def group_coefficients(
+    problem: CalibratedProblem, theta_global: np.ndarray, theta_local: np.ndarray | None = None
+) -> np.ndarray:
     """``c_j = A_j' θ_global + B' θ_local_j``: each group's coefficients on ``z`` (J, D)."""
     n_intercept = problem.intercept_design.shape[1]
     coefficients = np.empty((problem.n_groups, problem.dimension))
@@ -414,12 +416,14 @@ def _objective(problem, theta_global, theta_local, weight_total) -> float:
     return weight_total - treated_eta + penalty
 
 
-def objective(problem: CalibratedProblem, theta_global, theta_local) -> float:
+def objective(
+    problem: CalibratedProblem, theta_global: np.ndarray, theta_local: np.ndarray
+) -> float:
     """The calibrated-loss objective with its prior penalties at any parameter value.
 
     ``theta_local`` is ``(J, K)`` in the input's group order.
     """
-    theta_local = np.asarray(theta_local, dtype=float).reshape(problem.n_groups, -1)
+    theta_local = np.asarray(theta_local, dtype=float).reshape(problem.n_groups, problem.n_local)
     theta_local = theta_local[problem.group_order]
     eta = linear_predictor(problem, group_coefficients(problem, theta_global, theta_local))
     with np.errstate(over="ignore"):

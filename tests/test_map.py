@@ -374,5 +374,7 @@ def test_make_problem_needs_the_constant_column():
     args = (np.array([1, 0, 1, 0]), np.zeros(4, dtype=int), np.zeros((1, 0)), np.array([], int))
     problem = map_module.make_problem(z, *args, np.ones(2), np.array([]))
     assert problem.n_local == 0 and problem.n_global == 2
+    # Two controls at z = (1, 1) and (1, 3), two treated units: f(0) = 2 − 0.
+    assert map_module.objective(problem, np.zeros(2), np.zeros((1, 0))) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="constant 1"):
         map_module.make_problem(z[:, ::-1], *args, np.ones(2), np.array([]))
