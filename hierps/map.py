@@ -283,7 +283,8 @@ def lay_out_controls(
     padding[slots] = 0.0
     source = np.zeros(len(padding), dtype=np.int64)
     source[slots] = order
-    gathered = np.take(x, source, axis=0)  # padding repeats the first unit's row
+    gathered = np.take(x, source, axis=0)
+    gathered[np.flatnonzero(np.isinf(padding))] = 0.0
     dimension = 1 + x.shape[1]
     buckets = []
     for start, stop in itertools.pairwise(cuts):
@@ -291,8 +292,7 @@ def lay_out_controls(
         rows = slice(int(group_start[start]), int(group_start[start]) + n_bucket * width)
         z = np.empty((n_bucket, dimension, width))
         z[:, 0] = np.exp(padding[rows]).reshape(n_bucket, width)  # 1, or 0 at padding
-        columns = gathered[rows].reshape(n_bucket, width, dimension - 1).transpose(0, 2, 1)
-        np.multiply(columns, z[:, :1], out=z[:, 1:])
+        z[:, 1:] = gathered[rows].reshape(n_bucket, width, dimension - 1).transpose(0, 2, 1)
         buckets.append(Bucket(slice(start, stop), rows, z))
 
     treated_moments = np.empty((n_groups, dimension))
