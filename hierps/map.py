@@ -454,6 +454,16 @@ def _inverse_lower(factor: np.ndarray) -> np.ndarray:
     return inverse
 
 
+def _spd_inverse(blocks: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of symmetric positive definite matrices, ``R⁻ᵀ R⁻¹``."""
+    try:
+        inverse_factor = _inverse_lower(np.linalg.cholesky(blocks))
+    except np.linalg.LinAlgError:  # rounding broke the positive definiteness: LU instead
+        return np.linalg.inv(blocks)
+    # A contiguous transpose: matmul takes a slow path on transposed views.
+    return np.ascontiguousarray(inverse_factor.transpose(0, 2, 1)) @ inverse_factor
+
+
 @dataclass(frozen=True)
 class Factorization:
     """The block Newton system at one point, reduced to what any right-hand side needs.
@@ -477,9 +487,7 @@ def _factorize(problem: CalibratedProblem, moments: np.ndarray) -> Factorization
         return Factorization(empty, np.linalg.inv(_global_quadratic(problem, moments)))
     local, prior = problem.local_index, problem.prior_local
     block = moments if problem.all_local else moments[:, local][:, :, local]
-    inverse_factor = _inverse_lower(np.linalg.cholesky(block + np.diag(prior)))  # R_j⁻¹
-    # Contiguous transposes: matmul takes a slow path on transposed views.
-    local_inverse = np.ascontiguousarray(inverse_factor.transpose(0, 2, 1)) @ inverse_factor
+    local_inverse = _spd_inverse(block + np.diag(prior))
     if problem.all_local:
         residual = local_inverse * -np.outer(prior, prior)
         residual.reshape(len(residual), -1)[:, :: problem.n_local + 1] += prior

@@ -378,3 +378,13 @@ def test_make_problem_needs_the_constant_column():
     assert map_module.objective(problem, np.zeros(2), np.zeros((1, 0))) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="constant 1"):
         map_module.make_problem(z[:, ::-1], *args, np.ones(2), np.array([]))
+
+
+def test_local_inverse_falls_back_to_lu():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 4, 4))
+    spd = a @ a.transpose(0, 2, 1) + np.eye(4)
+    np.testing.assert_allclose(map_module._spd_inverse(spd), np.linalg.inv(spd), rtol=1e-10)
+    indefinite = spd.copy()
+    indefinite[1] = np.diag([1.0, -1.0, 2.0, 3.0])
+    np.testing.assert_allclose(map_module._spd_inverse(indefinite), np.linalg.inv(indefinite))
