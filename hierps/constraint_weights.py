@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from hierps.calibrated_problem import make_problem
 from hierps.constraints import Constraints
 from hierps.estimands import kish_ess
 from hierps.exceptions import ConvergenceError, DataError
-from hierps.map import make_problem, newton_solve
+from hierps.newton import newton_solve
 
 __all__ = ["ConstraintFit", "constraint_weights"]
 

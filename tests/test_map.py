@@ -10,7 +10,9 @@ import pytest
 from conftest import make_frame
 
 import hierps
+import hierps.calibrated_problem as problem_module
 import hierps.map as map_module
+import hierps.newton as newton_module
 from hierps.exceptions import HierpsWarning
 from hierps.hyperparameters import MapHyperparameters
 
@@ -345,12 +347,12 @@ def test_refits_reuse_the_layout_and_agree():
     frame, roles = make_frame(seed=8)
     model = hierps.Model(frame, **roles)
     first = fit_quietly(model)
-    layout = map_module._LAYOUTS[model.design]
+    layout = problem_module._LAYOUTS[model.design]
     second = fit_quietly(model)
-    assert map_module._LAYOUTS[model.design] is layout
+    assert problem_module._LAYOUTS[model.design] is layout
     np.testing.assert_array_equal(first.weights, second.weights)
     # A fresh layout gives the same fit.
-    map_module._LAYOUTS.clear()
+    problem_module._LAYOUTS.clear()
     third = fit_quietly(model)
     np.testing.assert_array_equal(first.weights, third.weights)
 
@@ -362,29 +364,29 @@ def test_newton_solve_keeps_the_input_group_order():
     fit = fit_quietly(model)
     problem = map_module.hierarchical_problem(model.design, fit.hyperparameters)
     assert not np.array_equal(problem.group_order, np.arange(model.design.n_groups))
-    trace = map_module.newton_solve(problem, fit._theta_global, fit._theta_local)
+    trace = newton_module.newton_solve(problem, fit._theta_global, fit._theta_local)
     assert trace.converged and trace.iterations == 0
     np.testing.assert_array_equal(trace.theta_local, fit._theta_local)
-    value = map_module.objective(problem, fit._theta_global, fit._theta_local)
+    value = newton_module.objective(problem, fit._theta_global, fit._theta_local)
     assert value == pytest.approx(fit.objective, rel=1e-12)
 
 
 def test_make_problem_needs_the_constant_column():
     z = np.column_stack([np.ones(4), np.arange(4.0)])
     args = (np.array([1, 0, 1, 0]), np.zeros(4, dtype=int), np.zeros((1, 0)), np.array([], int))
-    problem = map_module.make_problem(z, *args, np.ones(2), np.array([]))
+    problem = problem_module.make_problem(z, *args, np.ones(2), np.array([]))
     assert problem.n_local == 0 and problem.n_global == 2
     # Two controls at z = (1, 1) and (1, 3), two treated units: f(0) = 2 − 0.
-    assert map_module.objective(problem, np.zeros(2), np.zeros((1, 0))) == pytest.approx(2.0)
+    assert newton_module.objective(problem, np.zeros(2), np.zeros((1, 0))) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="constant 1"):
-        map_module.make_problem(z[:, ::-1], *args, np.ones(2), np.array([]))
+        problem_module.make_problem(z[:, ::-1], *args, np.ones(2), np.array([]))
 
 
 def test_local_inverse_falls_back_to_lu():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 4, 4))
     spd = a @ a.transpose(0, 2, 1) + np.eye(4)
-    np.testing.assert_allclose(map_module._spd_inverse(spd), np.linalg.inv(spd), rtol=1e-10)
+    np.testing.assert_allclose(newton_module._spd_inverse(spd), np.linalg.inv(spd), rtol=1e-10)
     indefinite = spd.copy()
     indefinite[1] = np.diag([1.0, -1.0, 2.0, 3.0])
-    np.testing.assert_allclose(map_module._spd_inverse(indefinite), np.linalg.inv(indefinite))
+    np.testing.assert_allclose(newton_module._spd_inverse(indefinite), np.linalg.inv(indefinite))

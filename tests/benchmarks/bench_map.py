@@ -39,7 +39,7 @@ model = hierps.Model(
 FIT_MAP = (
     SETUP
     + """
-import hierps.map
+import hierps.calibrated_problem
 out = {}
 for call in ("first", "second"):
     start = time.perf_counter()
@@ -50,7 +50,7 @@ def repeat(n, rebuild_layout):
     times = []
     for _ in range(n):
         if rebuild_layout:
-            hierps.map._LAYOUTS.clear()
+            hierps.calibrated_problem._LAYOUTS.clear()
         start = time.perf_counter()
         model.fit_map()
         times.append(time.perf_counter() - start)
