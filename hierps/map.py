@@ -258,6 +258,16 @@ class MapResult:
         return float(att_from_catt(effects["catt"], effects["treated_weight"]))
 
     @property
+    def relative_weights(self) -> pd.Series:
+        """Each control's weight over the largest control weight of its group (treated 0).
+
+        Group effects, effective sample sizes and standard errors depend on the weights only
+        up to a factor per group; these ratios stay exact where ``exp(η)`` underflows for a
+        whole group (exact balance there nearly infeasible), unlike :attr:`weights`.
+        """
+        return pd.Series(self._relative_weights, index=self.design.index, name="relative_weight")
+
+    @property
     def group_ess(self) -> pd.Series:
         """Kish effective sample size of the control weights in each group."""
         return pd.Series(

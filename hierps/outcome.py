@@ -530,7 +530,8 @@ def augment_map(
         predictions = outcome_model.predictions
     else:
         predictions = outcome_model
-    effects = augmented_effects(design, map_result.weights, predictions)
+    # Relative weights: exact even where a group's exp(η) all underflow.
+    effects = augmented_effects(design, map_result.relative_weights, predictions)
     table = pd.DataFrame(_summarize(effects["catt"], ci_prob), index=design.groups)
     table.insert(0, "weighted", map_result.catt["estimate"].to_numpy())
     table["n_treated"] = design.treated_per_group.astype(int)

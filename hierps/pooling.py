@@ -108,7 +108,9 @@ def map_standard_errors(result: MapResult) -> pd.Series:
         treated_ss = sums(deviation**2)
         pooled_variance = treated_ss[n1 >= 2].sum() / (n1[n1 >= 2] - 1).sum()
         treated_variance = np.where(n1 >= 2, treated_ss / (n1 - 1), pooled_variance)
-        w = np.where(treated, 0.0, result.weights.to_numpy())
+        # Within-group relative weights: the formula is scale-free in each group, and they
+        # stay defined where every control weight of a group underflows.
+        w = np.where(treated, 0.0, result.relative_weights.to_numpy())
         total = sums(w)
         control_mean = sums(w * y) / total
         control_part = sums(w**2 * (y - control_mean[design.group_codes]) ** 2) / total**2

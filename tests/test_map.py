@@ -15,6 +15,7 @@ import hierps.map as map_module
 import hierps.newton as newton_module
 from hierps.exceptions import HierpsWarning
 from hierps.hyperparameters import MapHyperparameters
+from hierps.pooling import map_standard_errors
 
 
 def fit_quietly(model, **hyperparameters):
@@ -310,6 +311,12 @@ def test_vanishing_weights_of_a_group_give_a_finite_catt_and_a_warning():
     eta = np.log(fit.weights.where(fit.weights > 0))  # finite only where no underflow
     assert np.isfinite(fit.att) and row["ess"] == pytest.approx(1.0, abs=1e-6)
     assert np.isnan(eta[(study.data["school"] == "s08") & (study.data["z"] == 0)]).all()
+    # What rests on the weights uses the relative ones: standard errors, augmentation.
+    relative = fit.relative_weights
+    assert relative[study.data["z"] == 1].eq(0).all() and relative.max() == 1.0
+    assert np.isfinite(map_standard_errors(fit)["s08"])
+    augmented = hierps.augment(fit, np.zeros((3, len(study.data))))  # m(x) = 0: plain weighting
+    np.testing.assert_allclose(augmented["mean"], fit.catt["estimate"], rtol=1e-12)
 
 
 def test_control_layout_pads_every_control_once():
