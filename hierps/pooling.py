@@ -32,7 +32,14 @@ from hierps.map import MapResult
 if TYPE_CHECKING:
     from hierps.posterior import PosteriorResult
 
-__all__ = ["SAMPLERS", "PooledCATT", "map_standard_errors", "pool_catt", "pooling_inputs"]
+__all__ = [
+    "SAMPLERS",
+    "PooledCATT",
+    "hajek_standard_errors",
+    "map_standard_errors",
+    "pool_catt",
+    "pooling_inputs",
+]
 
 SAMPLERS = ("nutpie", "pymc")
 CI_PROB = 0.9
@@ -98,22 +105,47 @@ def map_standard_errors(result: MapResult) -> pd.Series:
     design = result.design
     if design.outcome is None:
         raise ValueError("the model has no outcome column: give outcome= to hierps.Model")
-    y = design.outcome
+    # Within-group relative weights: the formula is scale-free in each group, and they stay
+    # defined where every control weight of a group underflows.
+    return hajek_standard_errors(design, result.relative_weights.to_numpy(), design.outcome)
+
+
+def hajek_standard_errors(
+    design: Design, control_weights: np.ndarray, values: np.ndarray
+) -> pd.Series:
+    """Linearized standard errors of the group Hájek contrasts of any unit values.
+
+    The formula of :func:`map_standard_errors` with ``values`` in place of the outcome (for
+    example the residuals ``Y − m(x)`` of an augmented estimator) and the given control
+    weights (treated entries are ignored).
+
+    Parameters
+    ----------
+    design
+        The design (its groups and treatment).
+    control_weights, values
+        ``(n,)`` each.
+
+    Returns
+    -------
+    pandas.Series
+        ``se`` by group; NaN for groups without controls or treated.
+    """
+    values = np.asarray(values, dtype=float)
     treated = design.treatment == 1
     sums = GroupSums(design.group_codes, design.n_groups)
     n1 = sums(treated)
     with np.errstate(invalid="ignore", divide="ignore"):
-        treated_mean = sums(np.where(treated, y, 0.0)) / n1
-        deviation = np.where(treated, y - treated_mean[design.group_codes], 0.0)
+        treated_mean = sums(np.where(treated, values, 0.0)) / n1
+        deviation = np.where(treated, values - treated_mean[design.group_codes], 0.0)
         treated_ss = sums(deviation**2)
         pooled_variance = treated_ss[n1 >= 2].sum() / (n1[n1 >= 2] - 1).sum()
         treated_variance = np.where(n1 >= 2, treated_ss / (n1 - 1), pooled_variance)
-        # Within-group relative weights: the formula is scale-free in each group, and they
-        # stay defined where every control weight of a group underflows.
-        w = np.where(treated, 0.0, result.relative_weights.to_numpy())
+        w = np.where(treated, 0.0, np.asarray(control_weights, dtype=float))
         total = sums(w)
-        control_mean = sums(w * y) / total
-        control_part = sums(w**2 * (y - control_mean[design.group_codes]) ** 2) / total**2
+        control_mean = sums(w * values) / total
+        deviation = values - control_mean[design.group_codes]
+        control_part = sums(w**2 * deviation**2) / total**2
         variance = treated_variance / n1 + control_part
     variance = np.where((n1 > 0) & (total > 0), variance, np.nan)
     return pd.Series(np.sqrt(variance), index=design.groups, name="se")

@@ -149,25 +149,6 @@ def gibbs_outcome_model(design, n_draws: int, burn: int, seed: int) -> xr.DataAr
 # ---------------------------------------------------------------------------------------------
 
 
-def linearized_se(design, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``hierps.pooling.map_standard_errors``'s formula applied to arbitrary unit values
-    (the outcome, or the residuals Y − m for the augmented estimator)."""
-    from hierps.estimands import GroupSums
-
-    treated = design.treatment == 1
-    sums = GroupSums(design.group_codes, design.n_groups)
-    n1 = sums(treated.astype(float))
-    t_mean = sums(np.where(treated, values, 0.0)) / n1
-    ss = sums(np.where(treated, values - t_mean[design.group_codes], 0.0) ** 2)
-    pooled = ss[n1 >= 2].sum() / (n1[n1 >= 2] - 1).sum()
-    t_var = np.where(n1 >= 2, ss / np.maximum(n1 - 1, 1), pooled)
-    w = np.where(treated, 0.0, weights)
-    total = sums(w)
-    c_mean = sums(w * values) / total
-    c_part = sums(w**2 * (values - c_mean[design.group_codes]) ** 2) / total**2
-    return np.sqrt(t_var / n1 + c_part)
-
-
 def att_se(se: np.ndarray, n1: np.ndarray) -> float:
     """ATT standard error from the school SEs: the ATT is Σ_j (n1j/n1) τ̂_j and the schools'
     estimates are independent given the weights, so se² = Σ_j (n1j/n1)² se_j²."""
@@ -213,7 +194,7 @@ def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
 
     import hierps
     from hierps.model import pattern_data
-    from hierps.pooling import map_standard_errors
+    from hierps.pooling import hajek_standard_errors, map_standard_errors
     from hierps.posterior import from_idata
 
     t_start = time.perf_counter()
@@ -273,9 +254,10 @@ def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
         # estimator (outcome noise) + variance over outcome-model draws (model uncertainty)
         aug = hierps.augment(fit, predictions)
         a_est = aug["mean"].to_numpy()
-        a_se = np.sqrt(linearized_se(design, w, residual) ** 2 + aug["sd"].to_numpy() ** 2)
+        residual_se = hajek_standard_errors(design, w, residual).to_numpy()
+        a_se = np.sqrt(residual_se**2 + aug["sd"].to_numpy() ** 2)
         att_info = aug.attrs["att"]
-        a_ase = np.sqrt(att_se(linearized_se(design, w, residual), n1) ** 2 + att_info["sd"] ** 2)
+        a_ase = np.sqrt(att_se(residual_se, n1) ** 2 + att_info["sd"] ** 2)
         rows += rows_for(
             method + " + aug",
             seed,
