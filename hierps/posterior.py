@@ -538,7 +538,7 @@ def _cells(design: Design, patterns: Patterns) -> _Cells:
         treated=cell_keys % 2,
         group=group,
         of_unit=of_unit,
-        units=units.astype(float),
+        units=units,
         unit_order=np.argsort(of_unit, kind="stable"),
         unit_starts=np.r_[0, np.cumsum(units)[:-1]],
         group_starts=np.searchsorted(group, np.arange(design.n_groups)),
@@ -564,7 +564,7 @@ def _bootstrap_masses(
 
     def unit_weights() -> np.ndarray:
         weights = np.empty_like(exponential)
-        unit_scale = np.repeat(scale, cells.units.astype("int64"), axis=1)
+        unit_scale = np.repeat(scale, cells.units, axis=1)
         weights[:, cells.unit_order] = exponential * unit_scale
         return weights
 
