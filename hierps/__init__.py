@@ -2,39 +2,114 @@
 
 One PyMC model, two modes: the calibrated-loss mode gives balancing weights (MAP), the
 Bernoulli posterior carries propensity uncertainty into group and overall effects.
-Plots live in :mod:`hierps.plots`; PyMC is imported only when a model is built or sampled.
+
+The public names below are loaded on first use, so ``import hierps`` stays cheap: PyMC, Bambi,
+matplotlib and SciPy's optimizers are imported only when a model is built, sampled or plotted.
+``docs/architecture.md`` maps the subpackages.
 """
 
-from hierps import datasets
-from hierps.api import Model
-from hierps.augment import augment
-from hierps.compare import compare
-from hierps.constraint_weights import constraint_weights
-from hierps.constraints import generate_constraints, stand
-from hierps.diagnostics import balance_table, diagnose
-from hierps.exceptions import ConvergenceError, DataError, FormulaError, HierpsError, HierpsWarning
-from hierps.io import load
-from hierps.pooling import pool_catt
-from hierps.tuning import pooling_path
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from hierps._version import __version__
+from hierps.exceptions import ConvergenceError, DataError, FormulaError, HierpsError, HierpsWarning
+
+# Public name -> module that defines it.
+_LAZY = {
+    "Model": "hierps.model",
+    "build_pymc": "hierps.pymc_model",
+    "MapResult": "hierps.calibrated.fit",
+    "fit_map": "hierps.calibrated.fit",
+    "pooling_path": "hierps.calibrated.path",
+    "PosteriorResult": "hierps.posterior.result",
+    "sample": "hierps.posterior.run",
+    "BalanceTable": "hierps.balance.table",
+    "balance_table": "hierps.balance.table",
+    "Diagnosis": "hierps.mcmc.diagnosis",
+    "diagnose": "hierps.mcmc.diagnosis",
+    "OutcomeModel": "hierps.effects.outcome",
+    "fit_outcome_model": "hierps.effects.outcome",
+    "augment": "hierps.effects.augment",
+    "PooledCATT": "hierps.effects.catt_pooling",
+    "pool_catt": "hierps.effects.catt_pooling",
+    "compare": "hierps.effects.comparison",
+    "Constraints": "hierps.natstrat.constraints",
+    "generate_constraints": "hierps.natstrat.constraints",
+    "stand": "hierps.natstrat.constraints",
+    "ConstraintFit": "hierps.natstrat.weights",
+    "constraint_weights": "hierps.natstrat.weights",
+    "SavedAnalysis": "hierps.workflow.storage",
+    "load": "hierps.workflow.storage",
+}
+_SUBMODULES = ("datasets", "plots")
 
 __all__ = [
+    "BalanceTable",
+    "ConstraintFit",
+    "Constraints",
     "ConvergenceError",
     "DataError",
+    "Diagnosis",
     "FormulaError",
     "HierpsError",
     "HierpsWarning",
+    "MapResult",
     "Model",
+    "OutcomeModel",
+    "PooledCATT",
+    "PosteriorResult",
+    "SavedAnalysis",
+    "__version__",
     "augment",
     "balance_table",
+    "build_pymc",
     "compare",
     "constraint_weights",
     "datasets",
     "diagnose",
+    "fit_map",
+    "fit_outcome_model",
     "generate_constraints",
     "load",
+    "plots",
     "pool_catt",
     "pooling_path",
+    "sample",
     "stand",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"hierps.{name}")
+    else:
+        raise AttributeError(f"module 'hierps' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # static analysers see the real names
+    from hierps import datasets, plots
+    from hierps.balance.table import BalanceTable, balance_table
+    from hierps.calibrated.fit import MapResult, fit_map
+    from hierps.calibrated.path import pooling_path
+    from hierps.effects.augment import augment
+    from hierps.effects.catt_pooling import PooledCATT, pool_catt
+    from hierps.effects.comparison import compare
+    from hierps.effects.outcome import OutcomeModel, fit_outcome_model
+    from hierps.mcmc.diagnosis import Diagnosis, diagnose
+    from hierps.model import Model
+    from hierps.natstrat.constraints import Constraints, generate_constraints, stand
+    from hierps.natstrat.weights import ConstraintFit, constraint_weights
+    from hierps.posterior.result import PosteriorResult
+    from hierps.posterior.run import sample
+    from hierps.pymc_model import build_pymc
+    from hierps.workflow.storage import SavedAnalysis, load

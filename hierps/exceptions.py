@@ -1,4 +1,12 @@
-"""Domain errors and warnings, raised where bad input enters the package."""
+"""Domain errors and warnings, and the helpers that raise them where bad input enters."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+# Warnings point at the first frame outside the package: the user's call.
+_PACKAGE_DIRECTORY = (str(Path(__file__).resolve().parent),)
 
 
 class HierpsError(Exception):
@@ -19,3 +27,15 @@ class ConvergenceError(HierpsError, RuntimeError):
 
 class HierpsWarning(UserWarning):
     """A problem with a defined result: the data or fit is usable but deserves a look."""
+
+
+def warn(message: str, category: type[Warning] = HierpsWarning) -> None:
+    """Issue ``message`` as a warning attributed to the user's code that called into hierps."""
+    warnings.warn(message, category, skip_file_prefixes=_PACKAGE_DIRECTORY)
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming the argument and the valid choices unless ``value`` is one."""
+    if value not in choices:
+        valid = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"{name}={value!r} is not one of {valid}")

@@ -1,269 +1,230 @@
-"""The one PyMC definition of the hierarchical logistic propensity model (both modes).
-
-The likelihood is evaluated on *covariate patterns* rather than on units: units of one group
-with identical covariate rows share their linear predictor ``η``, so the Bernoulli
-log-likelihood of the ``m`` units of a pattern, ``k`` of them treated, is
-``k·η − m·log(1 + exp(η))`` and the calibrated loss is ``(m − k)·exp(η) − k·η``. Both are
-exactly the per-unit sums, regrouped. With discrete covariates a group has few patterns
-(learning mindsets: 10,391 students, 1,434 patterns), and every gradient evaluation of the
-sampler touches patterns instead of units; with continuous covariates every unit is its own
-pattern and nothing changes.
-"""
+"""The user-facing :class:`Model`: a validated design plus the verbs that fit it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pymc as pm
-import pytensor.tensor as pt
+import pandas as pd
 
-from hierps.data import Design
-from hierps.hyperparameters import FIXED_SCALE_DEFAULTS, HYPERPRIOR_SCALES, check_fixed
+from hierps.calibrated.fit import MapResult, fit_map
+from hierps.design.build import ColumnRoles, Design, build_design
+from hierps.design.formula import roles_from_formula
+from hierps.exceptions import DataError
 
-__all__ = ["LOSSES", "Patterns", "build_pymc", "compress", "coords_of", "pattern_data"]
+if TYPE_CHECKING:
+    import pymc as pm
 
-LOSSES = ("bernoulli", "calibrated")
+    from hierps.effects.outcome import OutcomeModel
+    from hierps.posterior.result import PosteriorResult
 
-
-@dataclass(frozen=True)
-class Patterns:
-    """The units of a design collapsed to distinct (group, covariate row) patterns.
-
-    Patterns are sorted by group, then by covariate row.
-
-    Attributes
-    ----------
-    group
-        ``(p,)`` group code of each pattern.
-    design
-        ``(p, k)`` the covariate row shared by the pattern's units.
-    units
-        ``(p,)`` number of units with the pattern (≥ 1).
-    treated
-        ``(p,)`` number of them that are treated.
-    of_unit
-        ``(n,)`` the pattern of every unit, so ``design[of_unit]`` is the unit matrix.
-    """
-
-    group: np.ndarray
-    design: np.ndarray
-    units: np.ndarray
-    treated: np.ndarray
-    of_unit: np.ndarray
-
-    @property
-    def controls(self) -> np.ndarray:
-        """``(p,)`` number of control units with the pattern."""
-        return self.units - self.treated
-
-    def __len__(self) -> int:
-        return len(self.group)
+__all__ = ["Model"]
 
 
-def compress(design: Design) -> Patterns:
-    """Collapse the units of ``design`` into (group, covariate row) patterns with counts.
+class Model:
+    """A hierarchical logistic propensity model for units nested in groups.
 
-    Rows are matched exactly (no rounding): standardizing maps equal raw values to equal
-    floats, so units that share a raw covariate row always share a pattern.
-    """
-    key = np.column_stack([design.group_codes.astype(float), design.unit_matrix])
-    # np.unique sorts the rows, so the patterns come out grouped by group code.
-    rows, of_unit = np.unique(key, axis=0, return_inverse=True)
-    of_unit = of_unit.reshape(-1)
-    units = np.bincount(of_unit, minlength=len(rows))
-    treated = np.bincount(of_unit, weights=design.treatment, minlength=len(rows))
-    return Patterns(
-        group=rows[:, 0].astype("int64"),
-        design=np.ascontiguousarray(rows[:, 1:]),
-        units=units.astype("int64"),
-        treated=np.rint(treated).astype("int64"),
-        of_unit=of_unit.astype("int64"),
-    )
-
-
-def pattern_data(design: Design) -> dict[str, np.ndarray]:
-    """Values of every ``pm.Data`` container of :func:`build_pymc` for ``design``.
-
-    Pass them to ``pm.set_data(pattern_data(new_design), coords=coords_of(new_design))`` to
-    reuse a built model on other data with the same groups and covariates: the likelihood
-    reads the pattern containers, which must change together with the unit containers.
-    """
-    patterns = compress(design)
-    values = {
-        "group_index": design.group_codes,
-        "treatment": design.treatment.astype("int64"),
-        "pattern_group": patterns.group,
-        "pattern_units": patterns.units,
-        "pattern_treated": patterns.treated,
-    }
-    if len(design.group_names) > 0:
-        values["group_design"] = design.group_matrix
-    if len(design.unit_names) > 0:
-        values["unit_design"] = design.unit_matrix
-        values["pattern_design"] = patterns.design
-    return values
-
-
-def coords_of(design: Design, patterns: Patterns | None = None) -> dict[str, list]:
-    """The named dimensions shared by the PyMC model, the MAP result and the posterior.
-
-    ``pattern`` (numbered from 0) is the likelihood's dimension; pass the design's
-    :class:`Patterns` when they are at hand, otherwise they are computed.
-    """
-    n_patterns = len(patterns if patterns is not None else compress(design))
-    return {
-        "group": list(design.groups),
-        "unit_covariate": list(design.unit_names),
-        "varying_covariate": list(design.varying_names),
-        "group_covariate": list(design.group_names),
-        "obs": list(design.index),
-        "pattern": list(range(n_patterns)),
-    }
-
-
-def build_pymc(design: Design, loss: str = "bernoulli", **fixed: float) -> pm.Model:
-    """Build the hierarchical logistic propensity model in PyMC.
-
-    ::
-
-        logit π_i = alpha[j] + x_i' beta[j]
-        alpha_j   = intercept + v_j' gamma + sigma_alpha · alpha_offset_j
-        beta_jk   = mu_beta_k + sigma_beta_k · beta_offset_jk   (varying slopes only)
-
-    Non-centred; the offsets are standard normal. Data live in ``pm.Data`` containers: the
-    unit-level ``group_index``, ``treatment`` and ``unit_design`` (dim ``obs``) record the
-    sample and land in ``constant_data``; the likelihood reads their compressed form,
-    ``pattern_group``, ``pattern_design``, ``pattern_units`` and ``pattern_treated`` (dim
-    ``pattern``, see :func:`compress`). To reuse a compiled model on other data, set them all
-    with :func:`pattern_data`.
+    Construction validates the data and builds the design; nothing is compiled or fitted
+    until :meth:`fit_map`, :meth:`sample` or :meth:`build_pymc` is called.
 
     Parameters
     ----------
-    design
-        The validated design.
-    loss
-        ``"bernoulli"``: the treatment is Bernoulli(π) (posterior mode); the observed
-        variable ``treated`` is the number of treated units of each pattern, with the
-        log-likelihood ``Σ_i [T_i log π_i + (1 − T_i) log(1 − π_i)]`` of the units (no
-        binomial coefficients), and a Binomial for prior and posterior predictive draws.
-        ``"calibrated"``: the likelihood is replaced by the calibrated loss
-        ``Σ_controls exp(η) − Σ_treated η`` as a ``pm.Potential``; the mode of this model
-        gives the balancing weights ``exp(η)`` of the controls.
-    **fixed
-        Hyperparameters to fix at a number: ``sigma_alpha``, ``sigma_beta`` (one number or
-        one per varying slope), ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``.
-        ``sigma_alpha`` and ``sigma_beta`` left out get half-normal hyperpriors; the other
-        three are fixed scales with defaults ``2.5, 1, 1``.
+    data
+        One row per unit.
+    treatment, group, outcome
+        Column names: the binary treatment (0/1 or bool), the group id, and the outcome
+        (optional; needed for effect estimates).
+    unit_covariates
+        Columns that vary within groups; categorical ones are one-hot encoded with all levels.
+    group_covariates
+        Columns constant within each group; they enter the model of the group intercepts.
+    categorical
+        Covariates to treat as categorical even though they are numeric codes. String,
+        object and pandas categorical columns are categorical without being listed.
+    varying_slopes
+        Unit covariates (input names or encoded names such as ``"C1[4]"``) whose slopes vary by
+        group; ``None`` (default) lets every unit covariate vary.
+    standardize
+        ``True`` / ``"treated"`` (default: centre at the treated mean, divide by the treated
+        SD), ``"pooled"``, or ``False`` / ``"none"``.
 
-    Returns
-    -------
-    pymc.Model
+    Examples
+    --------
+    >>> import hierps
+    >>> study = hierps.datasets.simulate_multisite(seed=1)
+    >>> model = hierps.Model(study.data, treatment="z", group="school", outcome="y",
+    ...                      unit_covariates=study.unit_covariates,
+    ...                      group_covariates=study.group_covariates)
+    >>> fit = model.fit_map(sigma_beta=1.0)  # doctest: +SKIP
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
-    varying_index = np.flatnonzero(design.varying)
-    values = check_fixed(fixed, len(varying_index))
-    scales = {**FIXED_SCALE_DEFAULTS, **values}
-    patterns = compress(design)
-    coords = coords_of(design, patterns)
-    n_groups, n_unit = len(design.groups), len(design.unit_names)
-    has_group_covariates = len(design.group_names) > 0
 
-    with pm.Model(coords=coords) as model:
-        # The unit-level record; the likelihood below reads the pattern containers.
-        pm.Data("group_index", design.group_codes, dims="obs")
-        pm.Data("treatment", design.treatment.astype("int64"), dims="obs")
-        pattern_group = pm.Data("pattern_group", patterns.group, dims="pattern")
-        pattern_units = pm.Data("pattern_units", patterns.units, dims="pattern")
-        pattern_treated = pm.Data("pattern_treated", patterns.treated, dims="pattern")
-
-        intercept = pm.Normal("intercept", 0.0, scales["sigma_intercept"])
-        group_mean = intercept
-        if has_group_covariates:
-            group_design = pm.Data(
-                "group_design", design.group_matrix, dims=("group", "group_covariate")
-            )
-            gamma = pm.Normal("gamma", 0.0, scales["sigma_gamma"], dims="group_covariate")
-            # A broadcast product summed, not pt.dot: numba lowers Dot to a BLAS call whose
-            # wrapper code is large, and nutpie re-links and re-optimizes the whole logp
-            # graph in every process, so Dot alone costs seconds of compilation per fit.
-            group_mean = intercept + (group_design * gamma).sum(axis=-1)
-        sigma_alpha = _scale(values, "sigma_alpha", dims=None)
-        alpha_offset = pm.Normal("alpha_offset", 0.0, 1.0, dims="group")
-        alpha = pm.Deterministic("alpha", group_mean + sigma_alpha * alpha_offset, dims="group")
-        eta = alpha[pattern_group]
-
-        if n_unit > 0:
-            pm.Data("unit_design", design.unit_matrix, dims=("obs", "unit_covariate"))
-            pattern_design = pm.Data(
-                "pattern_design", patterns.design, dims=("pattern", "unit_covariate")
-            )
-            mu_beta = pm.Normal("mu_beta", 0.0, scales["sigma_mu_beta"], dims="unit_covariate")
-            if len(varying_index) == n_unit:
-                # Every slope varies: no scatter into a zero matrix (a smaller gradient graph).
-                sigma_beta = _scale(values, "sigma_beta", dims="varying_covariate")
-                beta_offset = pm.Normal(
-                    "beta_offset", 0.0, 1.0, dims=("group", "varying_covariate")
+    def __init__(
+        self,
+        data: pd.DataFrame,
+        treatment: str,
+        group: str,
+        outcome: str | None = None,
+        unit_covariates: Sequence[str] = (),
+        group_covariates: Sequence[str] = (),
+        categorical: Sequence[str] = (),
+        varying_slopes: Sequence[str] | None = None,
+        standardize: bool | str = True,
+    ) -> None:
+        for argument, value in (
+            ("unit_covariates", unit_covariates),
+            ("group_covariates", group_covariates),
+            ("categorical", categorical),
+            ("varying_slopes", varying_slopes),
+        ):
+            if isinstance(value, str):
+                raise TypeError(
+                    f"{argument} must be a list of column names, not the string "
+                    f"{value!r}; write [{value!r}]"
                 )
-                beta_value = mu_beta + sigma_beta * beta_offset
-            elif len(varying_index) > 0:
-                sigma_beta = _scale(values, "sigma_beta", dims="varying_covariate")
-                beta_offset = pm.Normal(
-                    "beta_offset", 0.0, 1.0, dims=("group", "varying_covariate")
-                )
-                deviation = pt.zeros((n_groups, n_unit))
-                deviation = pt.set_subtensor(deviation[:, varying_index], sigma_beta * beta_offset)
-                beta_value = mu_beta + deviation
-            else:
-                beta_value = pt.broadcast_to(mu_beta, (n_groups, n_unit))
-            beta = pm.Deterministic("beta", beta_value, dims=("group", "unit_covariate"))
-            eta = eta + (pattern_design * beta[pattern_group]).sum(axis=-1)
+        if not unit_covariates and not group_covariates:
+            raise DataError("give at least one unit or group covariate")
+        roles = ColumnRoles(
+            treatment=treatment,
+            group=group,
+            outcome=outcome,
+            unit_covariates=tuple(unit_covariates),
+            group_covariates=tuple(group_covariates),
+            categorical=tuple(categorical),
+            varying_slopes=None if varying_slopes is None else tuple(varying_slopes),
+        )
+        self.data = data
+        self.design: Design = build_design(data, roles, standardize)
 
-        if loss == "bernoulli":
-            pm.CustomDist(
-                "treated",
-                eta,
-                pattern_units,
-                dist=_binomial,
-                logp=_bernoulli_units_logp,
-                observed=pattern_treated,
-                dims="pattern",
+    @classmethod
+    def from_formula(
+        cls,
+        formula: str,
+        data: pd.DataFrame,
+        outcome: str | None = None,
+        standardize: bool | str = True,
+    ) -> Model:
+        """Build a model from a Bambi-style formula.
+
+        ``"Z ~ S3 + C(C1) + X1 + (S3 | schoolid)"``: the response is the treatment; terms
+        constant within every group become group covariates; terms inside ``( … | group)``
+        get varying slopes; the other terms get fixed slopes. ``C(x)`` marks ``x`` as
+        categorical. The result is the same design as the keyword constructor gives.
+        """
+        roles = roles_from_formula(formula, data, outcome=outcome)
+        return cls(
+            data,
+            treatment=roles.treatment,
+            group=roles.group,
+            outcome=roles.outcome,
+            unit_covariates=roles.unit_covariates,
+            group_covariates=roles.group_covariates,
+            categorical=roles.categorical,
+            varying_slopes=roles.varying_slopes,
+            standardize=standardize,
+        )
+
+    def summary(self) -> str:
+        """The design summary: size, groups, treated per group, covariates at each level."""
+        return self.design.summary()
+
+    def __repr__(self) -> str:
+        return self.design.summary()
+
+    def build_pymc(self, loss: str = "bernoulli", **fixed: float) -> pm.Model:
+        """Build the PyMC model; see :func:`hierps.model.build_pymc`."""
+        from hierps.pymc_model import build_pymc
+
+        return build_pymc(self.design, loss=loss, **fixed)
+
+    def fit_map(
+        self,
+        sigma_alpha: float | None = None,
+        sigma_beta: float | Sequence[float] | None = None,
+        sigma_mu_beta: float | None = None,
+        sigma_gamma: float | None = None,
+        sigma_intercept: float | None = None,
+        tol: float = 1e-8,
+        max_iterations: int = 100,
+        init: MapResult | None = None,
+    ) -> MapResult:
+        """Fit the calibrated-loss mode: balancing weights; see :func:`hierps.map.fit_map`."""
+        return fit_map(
+            self.design,
+            sigma_alpha=sigma_alpha,
+            sigma_beta=sigma_beta,
+            sigma_mu_beta=sigma_mu_beta,
+            sigma_gamma=sigma_gamma,
+            sigma_intercept=sigma_intercept,
+            tol=tol,
+            max_iterations=max_iterations,
+            init=init,
+        )
+
+    def sample(
+        self,
+        draws: int = 1000,
+        tune: int = 1000,
+        chains: int = 2,
+        random_seed: int | None = None,
+        sampler: str = "nutpie",
+        loss: str = "bernoulli",
+        uncertainty: str = "bayesian_bootstrap",
+        estimand: str = "att",
+        target_accept: float = 0.8,
+        store_weights: bool = False,
+        progressbar: bool = False,
+        outcome_model: OutcomeModel | str | bool | None = None,
+        **fixed: float,
+    ) -> PosteriorResult:
+        """Sample the posterior with NUTS and compute the effects per draw.
+
+        See :func:`hierps.posterior.sample` for the arguments; ``**fixed`` fixes
+        hyperparameters (``sigma_alpha``, ``sigma_beta``, ``sigma_intercept``,
+        ``sigma_gamma``, ``sigma_mu_beta``) at numbers.
+
+        ``outcome_model`` adds augmented CATTs (``result.augmented``, the ATT in its
+        ``.attrs["att"]``): ``True`` fits the default Bambi hierarchical regression on the
+        controls (:func:`hierps.outcome.fit_outcome_model`), a string is a Bambi formula on
+        the original columns, or pass a fitted :class:`~hierps.outcome.OutcomeModel`.
+        The outcome model never feeds back into the propensity model.
+        """
+        from hierps.effects.augment import augment
+        from hierps.effects.outcome import OutcomeModel, fit_outcome_model
+        from hierps.posterior.run import sample
+
+        if outcome_model is not None and not isinstance(outcome_model, bool | str | OutcomeModel):
+            raise TypeError(
+                f"outcome_model must be True, a formula string or an OutcomeModel, not "
+                f"{type(outcome_model).__name__}"
             )
-        else:
-            controls = pattern_units - pattern_treated
-            # exp of η only where the pattern has controls: a pattern of treated units only
-            # may have η large enough for exp(η) to overflow, and 0 · inf is NaN in the
-            # value and in the gradient alike.
-            safe_eta = pt.switch(pt.gt(controls, 0), eta, 0.0)
-            pm.Potential(
-                "calibrated_loss",
-                -((controls * pt.exp(safe_eta)).sum() - (pattern_treated * eta).sum()),
+        result = sample(
+            self.design,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            random_seed=random_seed,
+            sampler=sampler,
+            loss=loss,
+            uncertainty=uncertainty,
+            estimand=estimand,
+            target_accept=target_accept,
+            store_weights=store_weights,
+            progressbar=progressbar,
+            **fixed,
+        )
+        if outcome_model is None or outcome_model is False:
+            return result
+        if outcome_model is True:
+            outcome_model = fit_outcome_model(
+                self.design, random_seed=random_seed, progressbar=progressbar
             )
-    return model
-
-
-def _bernoulli_units_logp(
-    treated: pt.TensorVariable, eta: pt.TensorVariable, units: pt.TensorVariable
-) -> pt.TensorVariable:
-    """Σ over a pattern's units of the Bernoulli log-likelihood: ``k·η − m·log(1 + e^η)``.
-
-    ``log π = η − log(1 + e^η)`` and ``log(1 − π) = −log(1 + e^η)``, so the ``k`` treated and
-    ``m − k`` control units add up to this; unlike the Binomial log-pmf it has no
-    ``log C(m, k)``, so the model's density is the per-unit Bernoulli density exactly.
-    """
-    return treated * eta - units * pt.softplus(eta)
-
-
-def _binomial(
-    eta: pt.TensorVariable, units: pt.TensorVariable, size: tuple[int, ...] | None
-) -> pt.TensorVariable:
-    """Random draws of the treated count of each pattern (prior and posterior predictive)."""
-    return pm.Binomial.dist(n=units, logit_p=eta, size=size)
-
-
-def _scale(values: dict, name: str, dims: str | None) -> pt.TensorVariable | float:
-    if name in values:
-        value = values[name]
-        return value if np.ndim(value) == 0 else pt.as_tensor_variable(np.asarray(value))
-    return pm.HalfNormal(name, HYPERPRIOR_SCALES[name], dims=dims)
+        elif isinstance(outcome_model, str):
+            outcome_model = fit_outcome_model(
+                self.design,
+                formula=outcome_model,
+                data=self.data,
+                random_seed=random_seed,
+                progressbar=progressbar,
+            )
+        result.augmented = augment(result, outcome_model)
+        return result

@@ -73,7 +73,7 @@ def hand_built_tree(
 
 def hand_built_posterior(fit, store_weights: bool = False, estimand: str = "att", **kwargs):
     """A :class:`hierps.posterior.PosteriorResult` from :func:`hand_built_tree`."""
-    from hierps.posterior import from_idata
+    from hierps.posterior.draws import from_idata
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HierpsWarning)

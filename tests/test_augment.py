@@ -12,7 +12,7 @@ from posterior_helpers import hand_built_tree
 
 import hierps
 from hierps.exceptions import HierpsWarning
-from hierps.posterior import from_idata
+from hierps.posterior.draws import from_idata
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ chains = 2
 
 def hierps_command(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hierps.cli", *arguments],
+        [sys.executable, "-m", "hierps", *arguments],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -70,8 +70,8 @@ def test_fit_writes_every_output_and_loads_back(tmp_path):
     assert "## MAP balancing weights" in report and "![love](figures/love.png)" in report
 
     # The saved result gives back the CATT table and weights of a fit in this process.
-    from hierps.analysis import build_model
-    from hierps.spec import load_data, read_spec
+    from hierps.workflow.analysis import build_model
+    from hierps.workflow.spec import load_data, read_spec
 
     spec = read_spec(tmp_path / "model.toml")
     frame, _ = load_data(spec)

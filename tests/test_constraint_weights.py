@@ -10,9 +10,9 @@ import pytest
 from conftest import make_frame
 
 import hierps
-from hierps.constraint_weights import constraint_weights
-from hierps.constraints import Constraints
 from hierps.exceptions import HierpsWarning
+from hierps.natstrat.constraints import Constraints
+from hierps.natstrat.weights import constraint_weights
 
 
 def test_hierarchical_model_is_the_school_constraint_special_case():

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from hierps.constraints import Constraints, generate_constraints, stand
 from hierps.exceptions import DataError, FormulaError, HierpsWarning
+from hierps.natstrat.constraints import Constraints, generate_constraints, stand
 
 FIXTURES = Path(__file__).parent / "fixtures" / "natstrat"
 TOY_FORMULA = "color + number ~ category"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import rankdata
 
-from hierps.convergence import _average_ranks, rhat_and_ess, rhat_and_ess_of
+from hierps.mcmc.convergence import _average_ranks, rhat_and_ess, rhat_and_ess_of
 
 RNG = np.random.default_rng(20261122)
 

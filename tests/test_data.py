@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hierps
-from hierps.data import Design
+from hierps.design.build import Design
 from hierps.exceptions import DataError, FormulaError, HierpsWarning
 
 

@@ -15,17 +15,18 @@ from scipy.optimize import minimize
 from scipy.special import logit
 
 from hierps.datasets import (
-    SHA256,
     SimulatedStudy,
     load_learning_mindsets,
     load_nh0506,
     simulate_multisite,
+    terms,
 )
+from hierps.datasets.loaders import SHA256
 from hierps.exceptions import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-MINDSETS = ROOT / "case_studies" / "learning_mindsets" / "data" / "acic18_synthetic.csv"
-NH0506 = ROOT / "case_studies" / "nhanes_smoking" / "data" / "nh0506.csv"
+MINDSETS = ROOT / "hierps" / "datasets" / "data" / "acic18_synthetic.csv"
+NH0506 = ROOT / "hierps" / "datasets" / "data" / "nh0506.csv"
 
 
 # --------------------------------------------------------------------------------------------
@@ -33,15 +34,19 @@ NH0506 = ROOT / "case_studies" / "nhanes_smoking" / "data" / "nh0506.csv"
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [MINDSETS, NH0506], ids=["mindsets", "nh0506"])
-def test_shipped_file_matches_sha256_in_readme(path: Path) -> None:
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [(MINDSETS, "learning_mindsets"), (NH0506, "nh0506")],
+    ids=["mindsets", "nh0506"],
+)
+def test_shipped_file_matches_sha256_in_its_terms_file(path: Path, name: str) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == SHA256[path.name]
-    assert digest in (path.parent / "README.md").read_text(encoding="utf-8")
+    assert digest in terms(name)
 
 
-def test_mindsets_readme_carries_the_terms() -> None:
-    text = (MINDSETS.parent / "README.md").read_text(encoding="utf-8")
+def test_mindsets_terms_file_carries_the_terms() -> None:
+    text = terms("learning_mindsets")
     for phrase in ["National Study of Learning Mindsets", "prohibited", "Yeager", "364–369"]:
         assert phrase in text
 

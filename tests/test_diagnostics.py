@@ -14,8 +14,10 @@ from conftest import make_frame
 from posterior_helpers import hand_built_posterior, hand_built_tree
 
 import hierps
-from hierps.diagnostics import Diagnosis, balance_table, diagnose, plot_trace
+from hierps.balance.table import balance_table
 from hierps.exceptions import HierpsWarning
+from hierps.mcmc.diagnosis import Diagnosis, diagnose
+from hierps.plots import plot_trace
 
 matplotlib.use("Agg")
 

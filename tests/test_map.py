@@ -10,12 +10,12 @@ import pytest
 from conftest import make_frame
 
 import hierps
-import hierps.calibrated_problem as problem_module
-import hierps.map as map_module
-import hierps.newton as newton_module
+import hierps.calibrated.fit as map_module
+import hierps.calibrated.newton as newton_module
+import hierps.calibrated.problem as problem_module
+from hierps.design.hyperparameters import MapHyperparameters
+from hierps.effects.catt_pooling import map_standard_errors
 from hierps.exceptions import HierpsWarning
-from hierps.hyperparameters import MapHyperparameters
-from hierps.pooling import map_standard_errors
 
 
 def fit_quietly(model, **hyperparameters):

@@ -12,11 +12,11 @@ from conftest import make_frame
 from scipy.special import log_expit
 
 import hierps
+from hierps.calibrated.fit import hierarchical_problem
+from hierps.calibrated.newton import objective
+from hierps.design.hyperparameters import MapHyperparameters
 from hierps.exceptions import HierpsWarning
-from hierps.hyperparameters import MapHyperparameters
-from hierps.map import hierarchical_problem
-from hierps.model import compress, coords_of, pattern_data
-from hierps.newton import objective
+from hierps.pymc_model import compress, coords_of, pattern_data
 
 FIXED = dict(
     sigma_alpha=1.3, sigma_beta=0.7, sigma_mu_beta=1.1, sigma_gamma=0.9, sigma_intercept=2.5

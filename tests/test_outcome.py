@@ -11,8 +11,7 @@ import xarray as xr
 from conftest import make_frame
 
 import hierps
-from hierps.exceptions import DataError, HierpsWarning
-from hierps.outcome import (
+from hierps.effects.outcome import (
     _default_spec,
     _formula_name,
     augment_map,
@@ -20,6 +19,7 @@ from hierps.outcome import (
     fit_outcome_model,
     pair_draws,
 )
+from hierps.exceptions import DataError, HierpsWarning
 
 COEFFICIENTS = {"x1": 1.5, "x2": -1.0, "v1": 0.5}
 INTERCEPT = 2.0

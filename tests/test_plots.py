@@ -18,7 +18,7 @@ from conftest import make_frame
 from posterior_helpers import hand_built_posterior
 
 import hierps
-from hierps.diagnostics import balance_table
+from hierps.balance.table import balance_table
 from hierps.exceptions import HierpsWarning
 from hierps.plots import (
     plot_catt,

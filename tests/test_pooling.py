@@ -11,8 +11,9 @@ import pytest
 from conftest import make_frame
 
 import hierps
+from hierps.effects.catt_pooling import map_standard_errors, pool_catt, pooling_inputs
 from hierps.exceptions import DataError, HierpsWarning
-from hierps.pooling import map_standard_errors, pool_catt, pooling_inputs
+from hierps.mcmc.summary import SUMMARY_COLUMNS
 
 MODERATOR = 0.8  # θ_j = 1 + 0.8 v1_j + 0 v2_j + 0.3 z_j
 
@@ -78,7 +79,7 @@ def test_moderator_intervals_cover_the_truth(pooled):
     result, _, _ = pooled
     moderators = result.moderators
     assert list(moderators.index) == ["mu_tau", "sigma_tau", "v1", "v2"]
-    assert list(moderators.columns) == ["mean", "sd", "lower", "upper", "ess_bulk", "r_hat"]
+    assert list(moderators.columns) == list(SUMMARY_COLUMNS)
     # φ is per standard deviation of the covariate across the pooled groups.
     truth = MODERATOR * result.covariate_scaling.loc["v1", "scale"]
     assert moderators.loc["v1", "lower"] < truth < moderators.loc["v1", "upper"]

@@ -16,9 +16,11 @@ import xarray as xr
 from conftest import make_frame
 
 import hierps
-from hierps.compare import compare
+from hierps.effects.comparison import compare
 from hierps.exceptions import DataError, HierpsWarning
-from hierps.posterior import PosteriorResult, from_idata, sampling_problems
+from hierps.mcmc.diagnosis import sampling_problems
+from hierps.posterior.draws import from_idata
+from hierps.posterior.result import PosteriorResult
 
 SEED = 11
 DRAWS = {"chain": [0, 0, 1, 1], "draw": [0, 137, 42, 299]}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hierps.spec import SpecError, load_data, read_spec
+from hierps.workflow.spec import SpecError, load_data, read_spec
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -89,7 +89,7 @@ def test_negative_and_out_of_range_values(tmp_path):
 
 
 def test_demo_model_file_equals_the_built_in_demo():
-    from hierps.spec import demo_spec
+    from hierps.workflow.spec import demo_spec
 
     assert read_spec(MODELS / "demo.toml").model_dump(exclude={"source"}) == demo_spec().model_dump(
         exclude={"source"}

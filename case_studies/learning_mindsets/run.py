@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hierps.analysis import run_analysis
-from hierps.compare import compare
-from hierps.diagnostics import balance_table, diagnose
-from hierps.report import markdown_table
-from hierps.spec import read_spec
+from hierps.balance.table import balance_table
+from hierps.effects.comparison import compare
+from hierps.mcmc.diagnosis import diagnose
+from hierps.workflow.analysis import run_analysis
+from hierps.workflow.report import markdown_table
+from hierps.workflow.spec import read_spec
 
 HERE = Path(__file__).resolve().parent
 MODEL_FILE = HERE.parents[1] / "models" / "learning_mindsets.toml"

@@ -26,10 +26,10 @@ from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
 import hierps
-from hierps.balance import INTERCEPT, balance_frame
-from hierps.estimands import kish_ess
+from hierps.balance.statistics import INTERCEPT, balance_frame
+from hierps.effects.estimands import kish_ess
 from hierps.plots import style
-from hierps.report import markdown_table
+from hierps.workflow.report import markdown_table
 
 HERE = Path(__file__).resolve().parent
 COVARIATES = ["age", "race", "education", "povertyr", "bmi"]

@@ -193,9 +193,9 @@ def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
     import nutpie
 
     import hierps
-    from hierps.model import pattern_data
-    from hierps.pooling import hajek_standard_errors, map_standard_errors
-    from hierps.posterior import from_idata
+    from hierps.effects.catt_pooling import hajek_standard_errors, map_standard_errors
+    from hierps.posterior.draws import from_idata
+    from hierps.pymc_model import pattern_data
 
     t_start = time.perf_counter()
     study = hierps.datasets.simulate_multisite(**SIM, seed=seed)
@@ -483,7 +483,7 @@ def main() -> None:
     import nutpie
 
     import hierps
-    from hierps.model import build_pymc
+    from hierps.pymc_model import build_pymc
 
     done: set[int] = set()
     if args.resume and PER_DATASET.exists():

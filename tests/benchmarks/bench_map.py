@@ -39,7 +39,7 @@ model = hierps.Model(
 FIT_MAP = (
     SETUP
     + """
-import hierps.calibrated_problem
+import hierps.calibrated.problem
 out = {}
 for call in ("first", "second"):
     start = time.perf_counter()

@@ -131,7 +131,7 @@ def child_hierps(seed: int, drop_seed: int | None) -> dict:
     import warnings
 
     from hierps.exceptions import HierpsWarning
-    from hierps.posterior import from_idata
+    from hierps.posterior.draws import from_idata
 
     _preload()
     model = _model(drop_seed)
@@ -173,7 +173,7 @@ def child_bambi(seed: int, drop_seed: int | None, cores: int | None) -> dict:
     import xarray as xr
 
     from hierps.exceptions import HierpsWarning
-    from hierps.posterior import from_idata
+    from hierps.posterior.draws import from_idata
 
     _preload()
     design = _model(drop_seed).design

@@ -1,0 +1,280 @@
+"""Covariate balance of a set of control weights, globally and within each group."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from hierps.design.build import Design
+from hierps.effects.estimands import GroupSums
+
+__all__ = [
+    "INTERCEPT",
+    "BalanceDraws",
+    "balance_draws",
+    "balance_frame",
+    "binary_covariates",
+    "covariate_values",
+    "variance_ratios",
+    "weighted_variance",
+]
+
+#: Row name of the constant covariate 1, whose imbalance is the sum-to-n_treated gap.
+INTERCEPT = "(intercept)"
+
+
+def _treated_sd(values: np.ndarray, treated: np.ndarray) -> np.ndarray:
+    sd = values[treated].std(axis=0, ddof=1) if treated.sum() > 1 else np.zeros(values.shape[1])
+    pooled = np.sqrt(
+        (values[treated].var(axis=0, ddof=1) + values[~treated].var(axis=0, ddof=1)) / 2
+    )
+    return np.where(sd > 0, sd, pooled)
+
+
+def balance_frame(design: Design, weights: np.ndarray) -> pd.DataFrame:
+    """Balance before and after weighting, as a tidy long DataFrame.
+
+    One row per (scope, group, covariate): ``scope`` is ``"global"`` (``group`` missing) or
+    ``"group"``. Covariates are the model's encoded columns (one-hot levels, missingness
+    indicators with missing entries at their centre) plus the group covariates (global rows
+    only) and :data:`INTERCEPT`.
+
+    Columns
+    -------
+    treated_mean, control_mean_before, control_mean_after
+        On the original scale; after = weighted by ``weights``.
+    smd_before, smd_after
+        (treated − control) mean difference divided by the treated SD of the whole unweighted
+        sample (cobalt's choice for the ATT; the pooled SD where the treated SD is 0). The same
+        denominator is used in every group so that SMDs compare across groups.
+    treated_total, control_total_after, imbalance
+        Sums on the model's standardized scale, and ``control_total_after − treated_total``:
+        the quantities the MAP first-order conditions tie to the coefficients.
+    """
+    treated = design.treatment == 1
+    control_weights = np.where(treated, 0.0, weights)
+    sums = GroupSums(design.group_codes, design.n_groups)
+    unit_original = design.unit_frame(original_scale=True).to_numpy()
+    group_original = design.group_frame(original_scale=True).to_numpy()[design.group_codes]
+    names = [INTERCEPT, *design.unit_names, *design.group_names]
+    n_unit = len(design.unit_names)
+    standardized = np.column_stack(
+        [np.ones(design.n_units), design.unit_matrix, design.group_matrix[design.group_codes]]
+    )
+    original = np.column_stack([np.ones(design.n_units), unit_original, group_original])
+    sd = np.r_[np.nan, _treated_sd(original[:, 1:], treated)]
+
+    def table(scope_sum, labels) -> pd.DataFrame:
+        treated_count = scope_sum(treated.astype(float))
+        control_count = scope_sum((~treated).astype(float))
+        weight_total = scope_sum(control_weights)
+        rows = {}
+        for column, name in enumerate(names):
+            x, s = original[:, column], standardized[:, column]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                treated_mean = scope_sum(np.where(treated, x, 0.0)) / treated_count
+                before = scope_sum(np.where(treated, 0.0, x)) / control_count
+                after = scope_sum(control_weights * x) / weight_total
+            rows[name] = {
+                "treated_mean": treated_mean,
+                "control_mean_before": before,
+                "control_mean_after": after,
+                "smd_before": (treated_mean - before) / sd[column],
+                "smd_after": (treated_mean - after) / sd[column],
+                "treated_total": scope_sum(np.where(treated, s, 0.0)),
+                "control_total_after": scope_sum(control_weights * s),
+            }
+        frames = []
+        for name, columns in rows.items():
+            frame = pd.DataFrame(columns, index=labels)
+            frame.insert(0, "covariate", name)
+            frames.append(frame)
+        out = pd.concat(frames)
+        out["imbalance"] = out["control_total_after"] - out["treated_total"]
+        return out
+
+    def global_sum(values: np.ndarray) -> np.ndarray:
+        return np.array([values.sum()])
+
+    global_rows = table(global_sum, pd.Index([None], dtype=object, name="group"))
+    group_rows = table(sums, pd.Index(design.groups.tolist(), dtype=object, name="group"))
+    # Group covariates are constant within a group: their within-group balance is the
+    # sum gap times the group's value, reported once in the intercept row.
+    group_rows = group_rows[group_rows["covariate"].isin(names[: 1 + n_unit])]
+    global_rows.insert(0, "scope", "global")
+    group_rows.insert(0, "scope", "group")
+    out = pd.concat([global_rows, group_rows]).reset_index()
+    return out[["scope", "group", *out.columns.drop(["scope", "group"])]]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers of the balance table (hierps.diagnostics): covariate kinds, variance ratios, and
+# balance draw by draw. Same covariates, scale and SMD denominator as balance_frame.
+# --------------------------------------------------------------------------------------------
+
+
+def covariate_values(design: Design) -> tuple[list[str], np.ndarray, int]:
+    """Unit then group covariates on the original scale, one row per unit.
+
+    Returns the names, the ``(n, K)`` values (missing entries at their imputed centre, group
+    covariates repeated for every unit of a group) and the number of unit covariates.
+    """
+    unit = design.unit_frame(original_scale=True).to_numpy()
+    group = design.group_frame(original_scale=True).to_numpy()[design.group_codes]
+    names = [*design.unit_names, *design.group_names]
+    return names, np.column_stack([unit, group]), len(design.unit_names)
+
+
+def binary_covariates(values: np.ndarray) -> np.ndarray:
+    """Which columns take at most two values (one-hot levels, missingness indicators, any
+    dummy such as 1/2), as cobalt calls a covariate binary: its variance is set by its mean.
+
+    Values are compared after rounding to 9 decimals, since putting standardized columns back
+    on the original scale leaves 0/1 levels a rounding error away from 0 and 1.
+    """
+    rounded = np.round(values, 9)
+    return np.array([len(np.unique(column)) <= 2 for column in rounded.T], dtype=bool)
+
+
+def weighted_variance(
+    values: np.ndarray, weights: np.ndarray, codes: np.ndarray | None = None, n_groups: int = 1
+) -> np.ndarray:
+    """Weighted variance of each column, globally or per group, with the reliability-weights
+    correction (cobalt's ``col_w_var``): ``Σ w (x − x̄_w)² / (Σ w − Σ w² / Σ w)``.
+
+    With equal weights this is the usual ``ddof=1`` variance; with fewer than two units of
+    positive weight it is NaN.
+
+    Parameters
+    ----------
+    values
+        ``(n, K)``.
+    weights
+        ``(n,)``, zero for the units that do not belong to the arm.
+    codes, n_groups
+        Group code of each unit and the number of groups; ``None`` for one global variance
+        per column.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K,)`` globally, ``(n_groups, K)`` per group.
+    """
+    squeeze = codes is None
+    if codes is None:
+        codes, n_groups = np.zeros(len(weights), dtype=np.int64), 1
+    sums = GroupSums(codes, n_groups)
+    total = sums(weights)  # (J,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums(weights * values.T).T / total[:, None]  # (J, K)
+        # Two passes (centre, then square) avoid the cancellation of Σwx² − (Σwx)²/Σw.
+        spread = sums(weights * ((values - mean[codes]) ** 2).T).T
+        denominator = total - sums(weights**2) / total
+        variance = spread / denominator[:, None]
+    variance = np.where((denominator > 0)[:, None], variance, np.nan)
+    return variance[0] if squeeze else variance
+
+
+def variance_ratios(design: Design, weights: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Treated variance over control variance before and after weighting.
+
+    Returns ``(global_before, global_after)`` of shape ``(K,)`` over unit then group
+    covariates and ``(group_before, group_after)`` of shape ``(J, K_unit)``. Columns holding
+    two values only get NaN: their variance is fixed by their mean, so the ratio adds nothing
+    to the SMD (cobalt reports none either). Treated units count with weight 1.
+    """
+    _, values, n_unit = covariate_values(design)
+    treated = design.treatment == 1
+    control = np.where(treated, 0.0, 1.0)
+    control_weights = np.where(treated, 0.0, weights)
+    binary = binary_covariates(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        treated_var = weighted_variance(values, treated.astype(float))
+        out = [
+            treated_var / weighted_variance(values, control),
+            treated_var / weighted_variance(values, control_weights),
+        ]
+        unit, codes, n_groups = values[:, :n_unit], design.group_codes, design.n_groups
+        treated_group = weighted_variance(unit, treated.astype(float), codes, n_groups)
+        out += [
+            treated_group / weighted_variance(unit, control, codes, n_groups),
+            treated_group / weighted_variance(unit, control_weights, codes, n_groups),
+        ]
+    masks = [binary, binary, binary[:n_unit], binary[:n_unit]]
+    return tuple(np.where(mask, np.nan, ratio) for ratio, mask in zip(out, masks, strict=True))
+
+
+@dataclass(frozen=True)
+class BalanceDraws:
+    """SMDs after weighting and Kish ESS of the control weights, one row per draw.
+
+    ``smd_global`` is ``(S, K)`` over unit then group covariates, ``smd_group`` is
+    ``(S, J, K_unit)``, ``ess_global`` ``(S,)`` and ``ess_group`` ``(S, J)``.
+    """
+
+    smd_global: np.ndarray
+    smd_group: np.ndarray
+    ess_global: np.ndarray
+    ess_group: np.ndarray
+
+
+def balance_draws(
+    design: Design,
+    control_weights: Callable[[int, np.ndarray], np.ndarray],
+    n_draws: int,
+) -> BalanceDraws:
+    """Balance of every draw of the control weights, one group at a time.
+
+    Parameters
+    ----------
+    design
+        The design.
+    control_weights
+        ``control_weights(j, rows)`` returns the ``(n_draws, len(rows))`` weights of the
+        control units at positions ``rows`` (all in group ``j``). Working group by group keeps
+        memory at draws × (largest group), never draws × units.
+    n_draws
+        Number of draws ``S``.
+
+    Returns
+    -------
+    BalanceDraws
+        SMDs with the same treated means and denominators as :func:`balance_frame`.
+    """
+    _, values, n_unit = covariate_values(design)
+    treated = design.treatment == 1
+    codes = design.group_codes
+    sd = _treated_sd(values, treated)
+    n_groups = design.n_groups
+    n_treated_group = np.bincount(codes, weights=treated, minlength=n_groups)
+    treated_sum_group = np.zeros((n_groups, values.shape[1]))
+    np.add.at(treated_sum_group, codes[treated], values[treated])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        treated_mean_group = treated_sum_group / n_treated_group[:, None]
+    treated_mean = values[treated].mean(axis=0)
+
+    weight_sum = np.zeros((n_draws, n_groups))
+    square_sum = np.zeros((n_draws, n_groups))
+    weighted_sum = np.zeros((n_draws, n_groups, values.shape[1]))
+    control_rows = np.flatnonzero(~treated)
+    order = control_rows[np.argsort(codes[control_rows], kind="stable")]
+    bounds = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1], True])
+    for start, stop in itertools.pairwise(bounds if len(order) else []):
+        rows = order[start:stop]
+        j = int(codes[rows[0]])
+        w = np.asarray(control_weights(j, rows), dtype=float).reshape(n_draws, len(rows))
+        weight_sum[:, j] = w.sum(axis=1)
+        square_sum[:, j] = (w**2).sum(axis=1)
+        weighted_sum[:, j, :] = w @ values[rows]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        control_mean = weighted_sum.sum(axis=1) / weight_sum.sum(axis=1)[:, None]
+        smd_global = (treated_mean - control_mean) / sd
+        control_mean_group = weighted_sum[:, :, :n_unit] / weight_sum[:, :, None]
+        smd_group = (treated_mean_group[:, :n_unit] - control_mean_group) / sd[:n_unit]
+        ess_global = weight_sum.sum(axis=1) ** 2 / square_sum.sum(axis=1)
+        ess_group = np.where(square_sum > 0, weight_sum**2 / square_sum, 0.0)
+    return BalanceDraws(smd_global, smd_group, ess_global, ess_group)

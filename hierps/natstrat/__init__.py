@@ -1,0 +1,6 @@
+"""natstrat-style balance formulas and the constraints they generate.
+
+Owns the parser of natstrat balance formulas (``age + race ~ 1 + strata``), natstrat's
+``generate_constraints`` and ``stand`` with parity to the R package (``constraints``), and
+balancing weights whose priors are those constraints (``weights``).
+"""

@@ -1,0 +1,130 @@
+"""The result of posterior mode: the sampler's ``DataTree`` with effects per draw, as tables."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import xarray as xr
+
+from hierps.mcmc.conventions import CI_PROB
+from hierps.mcmc.summary import summarize_draws
+
+if TYPE_CHECKING:
+    from hierps.design.build import Design
+
+__all__ = ["ESTIMANDS", "UNCERTAINTIES", "PosteriorResult"]
+
+UNCERTAINTIES = ("bayesian_bootstrap", "propensity")
+ESTIMANDS = ("att", "ate")
+
+
+class PosteriorResult:
+    """A posterior of the propensity model with the effects it implies, draw by draw.
+
+    Attributes
+    ----------
+    design
+        The design that was sampled.
+    idata
+        ``xarray.DataTree``: the sampler's groups plus ``estimands`` (with ATT:
+        ``catt`` (chain, draw, group), ``att`` (chain, draw); with ATE: ``cate``, ``ate``;
+        and ``treated_weight``, ``control_weight`` (chain, draw, group), the weight sums of
+        each arm) and ``weights`` (``weight`` (obs): posterior-mean weight of each unit;
+        ``weight_draws`` / ``bootstrap_weight`` (chain, draw, obs) with
+        ``store_weights=True``). Write it with ``idata.to_netcdf(path)``; read it back with
+        ``xarray.open_datatree(path)`` and :func:`from_idata`.
+    estimand
+        ``"att"`` or ``"ate"``.
+    uncertainty
+        ``"bayesian_bootstrap"`` or ``"propensity"``.
+    problems
+        The sampling problems found (each was also issued as a ``HierpsWarning``).
+    """
+
+    def __init__(self, design: Design, idata: xr.DataTree, estimand: str, uncertainty: str) -> None:
+        self.design = design
+        self.idata = idata
+        self.estimand = estimand
+        self.uncertainty = uncertainty
+        self.problems: list[str] = []
+        #: Augmented CATTs (``Model.sample(outcome_model=...)`` or :func:`hierps.augment`).
+        self.augmented: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        posterior = self.idata["posterior"]
+        runs = f"{posterior.sizes['chain']} chains × {posterior.sizes['draw']} draws"
+        if self.design.outcome is None:
+            effect = "no outcome (propensity posterior and weights only)"
+        else:
+            row = self._overall_table().iloc[0]
+            effect = (
+                f"{self.estimand.upper()} {row['mean']:.4g} "
+                f"[{CI_PROB:.0%} interval {row['lower']:.4g}, {row['upper']:.4g}]"
+            )
+        return (
+            f"PosteriorResult: {effect}; {self.design.n_groups} groups; {runs}; "
+            f"uncertainty {self.uncertainty}"
+        )
+
+    @property
+    def weights(self) -> pd.Series:
+        """Posterior-mean weight of every unit, on the frame's index (ATT: treated = 1)."""
+        values = self.idata["weights"]["weight"].to_numpy()
+        return pd.Series(values, index=self.design.index, name="weight")
+
+    def _estimands(self) -> xr.Dataset:
+        if "estimands" not in self.idata.children:
+            raise ValueError(
+                "the model has no outcome column, so there are no effects: give outcome= to "
+                "hierps.Model (the propensity posterior and .weights need none)"
+            )
+        return self.idata["estimands"].to_dataset()
+
+    def _names(self, requested: str) -> tuple[str, str]:
+        names = ("catt", "att") if self.estimand == "att" else ("cate", "ate")
+        if requested != self.estimand:
+            raise ValueError(
+                f"this result estimated the {self.estimand.upper()}: use .{names[0]} and "
+                f".{names[1]}, or from_idata(..., estimand={requested!r})"
+            )
+        return names
+
+    def _group_table(self) -> pd.DataFrame:
+        name = "catt" if self.estimand == "att" else "cate"
+        table = summarize_draws(self._estimands()[name])
+        table.index = self.design.groups
+        n_treated = self.design.treated_per_group.astype(int)
+        table["n_treated"] = n_treated
+        table["n_control"] = self.design.units_per_group - n_treated
+        return table
+
+    def _overall_table(self) -> pd.DataFrame:
+        name = "att" if self.estimand == "att" else "ate"
+        return summarize_draws(self._estimands()[name]).set_axis([name])
+
+    @property
+    def catt(self) -> pd.DataFrame:
+        """Group CATTs: ``mean``, ``sd``, 90 % equal-tailed interval (``lower``, ``upper``),
+        ``ess_bulk``, ``ess_tail``, ``r_hat``, ``n_treated``, ``n_control``; NaN where a group
+        has no controls (or no treated)."""
+        self._names("att")
+        return self._group_table()
+
+    @property
+    def att(self) -> pd.DataFrame:
+        """The ATT as a one-row table with the columns of :attr:`catt` (without counts)."""
+        self._names("att")
+        return self._overall_table()
+
+    @property
+    def cate(self) -> pd.DataFrame:
+        """Group CATEs (with ``estimand="ate"``); the columns of :attr:`catt`."""
+        self._names("ate")
+        return self._group_table()
+
+    @property
+    def ate(self) -> pd.DataFrame:
+        """The ATE (with ``estimand="ate"``) as a one-row table."""
+        self._names("ate")
+        return self._overall_table()

@@ -1,0 +1,172 @@
+"""Posterior mode: NUTS on the Bernoulli propensity model, then the effects draw by draw.
+
+Everything lands in one ``xarray.DataTree``: the sampler's groups (``posterior``,
+``sample_stats``, ``constant_data``, ``observed_data``) plus two derived groups,
+``estimands`` (effects per draw, :mod:`hierps.posterior.draws`) and ``weights``
+(posterior-mean weight of each unit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from hierps.design.build import Design
+from hierps.exceptions import check_choice, warn
+from hierps.mcmc.conventions import check_sampler
+from hierps.mcmc.diagnosis import diagnose
+from hierps.posterior.draws import check_estimand_loss, from_idata
+from hierps.posterior.result import ESTIMANDS, UNCERTAINTIES, PosteriorResult
+from hierps.pymc_model import LOSSES, build_pymc
+
+__all__ = ["from_idata", "sample"]
+
+
+def sample(
+    design: Design,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 2,
+    random_seed: int | None = None,
+    sampler: str = "nutpie",
+    loss: str = "bernoulli",
+    uncertainty: str = "bayesian_bootstrap",
+    estimand: str = "att",
+    target_accept: float = 0.8,
+    store_weights: bool = False,
+    progressbar: bool = False,
+    **fixed: float,
+) -> PosteriorResult:
+    """Sample the propensity model with NUTS and compute the effects draw by draw.
+
+    Parameters
+    ----------
+    design
+        The validated design. An outcome is not needed to sample; without one the result
+        holds the propensity posterior and the weights, and asking for effects raises.
+    draws, tune, chains
+        NUTS draws kept and tuning steps per chain, and the number of chains.
+    random_seed
+        Seeds both the sampler and the Bayesian-bootstrap generator (independent streams
+        of one :class:`numpy.random.SeedSequence`), so a seed reproduces the whole result.
+        ``None`` draws fresh entropy. The seed is recorded in the ``random_seed`` attribute
+        of the derived groups; :func:`from_idata` with that seed repeats the bootstrap.
+    sampler
+        ``"nutpie"`` (default; the model is compiled with numba, which takes ~10 s once per
+        call, then samples fast), ``"pymc"`` or ``"numpyro"`` (needs ``numpyro`` and ``jax``).
+    loss
+        ``"bernoulli"``: the posterior of the logistic propensity model. ``"calibrated"``:
+        the generalized posterior ``exp(−calibrated loss) × prior``, sampled the same way;
+        the control weights are still ``exp(η)``. The calibrated loss is the ATT loss, so it
+        requires ``estimand="att"``.
+    uncertainty
+        ``"bayesian_bootstrap"`` (default): propensity uncertainty plus outcome noise through
+        per-draw Dirichlet(1, …, 1) unit weights within each group (scaled to sum to the
+        group size) that multiply the weights of both arms. ``"propensity"``: propensity
+        uncertainty only.
+    estimand
+        ``"att"`` (default): group CATTs and the ATT; treated units weigh 1, controls
+        ``exp(η)``; the variables are named ``catt`` and ``att``. ``"ate"``: both arms are
+        reweighted to the whole sample (treated ``1/π``, controls ``1/(1 − π)``), giving group
+        CATEs and the ATE (groups weighted by their size); the variables are named ``cate``
+        and ``ate``.
+    target_accept
+        NUTS target acceptance rate; raise it (e.g. 0.95) when there are divergences.
+    store_weights
+        Also store every draw's unit weights as ``weights/weight_draws`` (chain, draw, obs)
+        and, with the Bayesian bootstrap, the bootstrap weights as
+        ``weights/bootstrap_weight`` (chain, draw, obs). That is
+        ``8 × chains × draws × n`` bytes each, so it is off by default; the posterior-mean
+        weight of every unit is always stored.
+    progressbar
+        Show the sampler's progress bar.
+    **fixed
+        Hyperparameters fixed at a number (``sigma_alpha``, ``sigma_beta``,
+        ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``); see
+        :func:`hierps.model.build_pymc`. ``sigma_alpha`` and ``sigma_beta`` left out get
+        half-normal hyperpriors.
+
+    Returns
+    -------
+    PosteriorResult
+
+    Warns
+    -----
+    HierpsWarning
+        Each problem :func:`hierps.diagnose` finds (divergences, R-hat, bulk/tail ESS, E-BFMI,
+        tree depth; with the entries concerned and a suggested fix); groups whose effect
+        cannot be estimated.
+    """
+    check_sampler(sampler)
+    check_choice("loss", loss, LOSSES)
+    check_choice("uncertainty", uncertainty, UNCERTAINTIES)
+    check_choice("estimand", estimand, ESTIMANDS)
+    check_estimand_loss(estimand, loss)
+    for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+        if value < (0 if name == "tune" else 1):
+            raise ValueError(f"{name} must be {'≥ 0' if name == 'tune' else '≥ 1'}, not {value}")
+    if not 0 < target_accept < 1:
+        raise ValueError(f"target_accept must lie strictly between 0 and 1, not {target_accept}")
+    import pymc as pm
+
+    # Build (and so validate the hyperparameters) before anything slow happens.
+    pymc_model = build_pymc(design, loss=loss, **fixed)
+
+    # The bootstrap draws from the seed sequence itself and the sampler from a child of it,
+    # so from_idata(design, result.idata, random_seed=<the same seed>) repeats the bootstrap.
+    seeds = np.random.SeedSequence(random_seed)
+    (sampler_seeds,) = seeds.spawn(1)
+    with pymc_model:
+        idata = pm.sample(
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            random_seed=int(sampler_seeds.generate_state(1)[0]),
+            nuts_sampler=sampler,
+            progressbar=progressbar,
+            # hierps runs its own checks below and turns them into HierpsWarnings.
+            compute_convergence_checks=False,
+            nuts={"target_accept": target_accept},
+            # nutpie: compile the data in as constants. Without shared data nutpie's numba
+            # wrapper needs no code to unpack it, which halves the compile time of a fit
+            # (the model is compiled per call and never reused with other data anyway).
+            compile_kwargs={"freeze_model": True} if sampler == "nutpie" else None,
+            # PyMC's default takes half the CPUs (it guesses the rest are hyperthreads), so on
+            # two CPUs nutpie would run the chains one after the other; its chains are threads
+            # of one process, cheap to run side by side.
+            cores=min(chains, _usable_cpus()) if sampler == "nutpie" else None,
+        )
+    idata.attrs.update(
+        {
+            "hierps_loss": loss,
+            "hierps_sampler": sampler,
+            "hierps_fixed": json.dumps({k: np.asarray(v).tolist() for k, v in fixed.items()}),
+            "hierps_target_accept": float(target_accept),
+        }
+    )
+    diagnosis = diagnose(idata)
+    problems = diagnosis.problems
+    for message in problems:
+        warn(message)
+    result = from_idata(
+        design,
+        idata,
+        uncertainty=uncertainty,
+        estimand=estimand,
+        random_seed=seeds,
+        store_weights=store_weights,
+    )
+    result.problems = problems
+    return result
+
+
+def _usable_cpus() -> int:
+    """The number of CPUs this process may run on (its affinity mask, where there is one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
