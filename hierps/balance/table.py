@@ -35,7 +35,7 @@ from hierps.effects.estimands import kish_ess
 from hierps.mcmc.conventions import CI_PROB, SAMPLE_DIMS
 from hierps.rendering import render_text
 
-__all__ = ["DEFAULT_THRESHOLD", "BalanceTable", "balance_table"]
+__all__ = ["DEFAULT_THRESHOLD", "BalanceTable", "as_balance_table", "balance_table"]
 
 #: |SMD| above which a covariate is flagged (the usual 0.1 of Austin 2009 and cobalt).
 DEFAULT_THRESHOLD = 0.1
@@ -481,3 +481,10 @@ def _across_groups(
         across.insert(position, "max_abs_smd_after_lower", lower)
         across.insert(position + 1, "max_abs_smd_after_upper", upper)
     return across
+
+
+def as_balance_table(result_or_table: Any, threshold: float | None = None) -> BalanceTable:
+    """A :class:`BalanceTable` as it is, or the balance table of a result."""
+    if isinstance(result_or_table, BalanceTable):
+        return result_or_table
+    return balance_table(result_or_table, threshold=threshold or DEFAULT_THRESHOLD)

@@ -5,17 +5,11 @@ distributions, and the sampler trace (drawn by ArviZ). Plots draw results comput
 none computes an estimand draw by draw. Importing this package imports matplotlib.
 """
 
-from hierps.plots._all import (
-    COLORS,
-    STYLE,
-    plot_catt,
-    plot_love,
-    plot_map_vs_posterior,
-    plot_pooling_path,
-    plot_trace,
-    plot_weights,
-    style,
-)
+from hierps.plots.balance import plot_love
+from hierps.plots.diagnostics import plot_trace
+from hierps.plots.effects import plot_catt, plot_map_vs_posterior
+from hierps.plots.pooling import plot_pooling_path, plot_weights
+from hierps.plots.style import COLORS, STYLE, style
 
 __all__ = [
     "COLORS",
