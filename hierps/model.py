@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -110,18 +111,15 @@ class Model:
         get varying slopes; the other terms get fixed slopes. ``C(x)`` marks ``x`` as
         categorical. The result is the same design as the keyword constructor gives.
         """
-        roles = roles_from_formula(formula, data, outcome=outcome)
-        return cls(
-            data,
-            treatment=roles.treatment,
-            group=roles.group,
-            outcome=roles.outcome,
-            unit_covariates=roles.unit_covariates,
-            group_covariates=roles.group_covariates,
-            categorical=roles.categorical,
-            varying_slopes=roles.varying_slopes,
-            standardize=standardize,
-        )
+        return cls.from_roles(data, roles_from_formula(formula, data, outcome=outcome), standardize)
+
+    @classmethod
+    def from_roles(
+        cls, data: pd.DataFrame, roles: ColumnRoles, standardize: bool | str = True
+    ) -> Model:
+        """Build a model from a :class:`~hierps.design.build.ColumnRoles` (what a formula or a
+        model file resolves to)."""
+        return cls(data, standardize=standardize, **dataclasses.asdict(roles))
 
     def summary(self) -> str:
         """The design summary: size, groups, treated per group, covariates at each level."""
@@ -136,51 +134,27 @@ class Model:
 
         return build_pymc(self.design, loss=loss, **fixed)
 
-    def fit_map(
-        self,
-        sigma_alpha: float | None = None,
-        sigma_beta: float | Sequence[float] | None = None,
-        sigma_mu_beta: float | None = None,
-        sigma_gamma: float | None = None,
-        sigma_intercept: float | None = None,
-        tol: float = 1e-8,
-        max_iterations: int = 100,
-        init: MapResult | None = None,
-    ) -> MapResult:
-        """Fit the calibrated-loss mode: balancing weights; see :func:`hierps.map.fit_map`."""
-        return fit_map(
-            self.design,
-            sigma_alpha=sigma_alpha,
-            sigma_beta=sigma_beta,
-            sigma_mu_beta=sigma_mu_beta,
-            sigma_gamma=sigma_gamma,
-            sigma_intercept=sigma_intercept,
-            tol=tol,
-            max_iterations=max_iterations,
-            init=init,
-        )
+    def fit_map(self, **options: object) -> MapResult:
+        """Fit the calibrated-loss mode: balancing weights.
+
+        ``options`` are the keyword arguments of :func:`hierps.calibrated.fit.fit_map`
+        (``sigma_alpha``, ``sigma_beta``, ``sigma_mu_beta``, ``sigma_gamma``,
+        ``sigma_intercept``, ``tol``, ``max_iterations``, ``init``); an unknown one raises
+        ``TypeError``.
+        """
+        return fit_map(self.design, **options)
 
     def sample(
-        self,
-        draws: int = 1000,
-        tune: int = 1000,
-        chains: int = 2,
-        random_seed: int | None = None,
-        sampler: str = "nutpie",
-        loss: str = "bernoulli",
-        uncertainty: str = "bayesian_bootstrap",
-        estimand: str = "att",
-        target_accept: float = 0.8,
-        store_weights: bool = False,
-        progressbar: bool = False,
-        outcome_model: OutcomeModel | str | bool | None = None,
-        **fixed: float,
+        self, outcome_model: OutcomeModel | str | bool | None = None, **options: object
     ) -> PosteriorResult:
         """Sample the posterior with NUTS and compute the effects per draw.
 
-        See :func:`hierps.posterior.sample` for the arguments; ``**fixed`` fixes
-        hyperparameters (``sigma_alpha``, ``sigma_beta``, ``sigma_intercept``,
-        ``sigma_gamma``, ``sigma_mu_beta``) at numbers.
+        ``options`` are the keyword arguments of :func:`hierps.posterior.run.sample`
+        (``draws``, ``tune``, ``chains``, ``random_seed``, ``sampler``, ``loss``,
+        ``uncertainty``, ``estimand``, ``target_accept``, ``store_weights``, ``progressbar``,
+        and hyperparameters fixed at numbers: ``sigma_alpha``, ``sigma_beta``,
+        ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``); an unknown one raises
+        ``TypeError``.
 
         ``outcome_model`` adds augmented CATTs (``result.augmented``, the ATT in its
         ``.attrs["att"]``): ``True`` fits the default Bambi hierarchical regression on the
@@ -197,34 +171,19 @@ class Model:
                 f"outcome_model must be True, a formula string or an OutcomeModel, not "
                 f"{type(outcome_model).__name__}"
             )
-        result = sample(
-            self.design,
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            random_seed=random_seed,
-            sampler=sampler,
-            loss=loss,
-            uncertainty=uncertainty,
-            estimand=estimand,
-            target_accept=target_accept,
-            store_weights=store_weights,
-            progressbar=progressbar,
-            **fixed,
-        )
+        result = sample(self.design, **options)
         if outcome_model is None or outcome_model is False:
             return result
+        # The outcome model reuses the seed and progress setting of the propensity fit.
+        shared = {
+            "random_seed": options.get("random_seed"),
+            "progressbar": options.get("progressbar", False),
+        }
         if outcome_model is True:
-            outcome_model = fit_outcome_model(
-                self.design, random_seed=random_seed, progressbar=progressbar
-            )
+            outcome_model = fit_outcome_model(self.design, **shared)
         elif isinstance(outcome_model, str):
             outcome_model = fit_outcome_model(
-                self.design,
-                formula=outcome_model,
-                data=self.data,
-                random_seed=random_seed,
-                progressbar=progressbar,
+                self.design, formula=outcome_model, data=self.data, **shared
             )
         result.augmented = augment(result, outcome_model)
         return result

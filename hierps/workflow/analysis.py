@@ -18,6 +18,7 @@ import xarray as xr
 
 from hierps.calibrated.fit import MapResult
 from hierps.calibrated.path import pooling_path
+from hierps.design.build import ColumnRoles
 from hierps.exceptions import HierpsWarning
 from hierps.model import Model
 from hierps.workflow.spec import ModelSpec, load_data
@@ -46,17 +47,16 @@ class AnalysisResult:
 def build_model(spec: ModelSpec, frame: pd.DataFrame) -> Model:
     """The :class:`Model` a model file describes."""
     data = spec.data
-    return Model(
-        frame,
+    roles = ColumnRoles(
         treatment=data.treatment,
         group=data.group,
         outcome=data.outcome,
-        unit_covariates=data.unit_covariates,
-        group_covariates=data.group_covariates,
-        categorical=data.categorical,
-        varying_slopes=data.varying_slopes,
-        standardize=data.standardize,
+        unit_covariates=tuple(data.unit_covariates),
+        group_covariates=tuple(data.group_covariates),
+        categorical=tuple(data.categorical),
+        varying_slopes=None if data.varying_slopes is None else tuple(data.varying_slopes),
     )
+    return Model.from_roles(frame, roles, standardize=data.standardize)
 
 
 def run_analysis(
