@@ -98,8 +98,11 @@ def test_result_holds_sampler_and_derived_groups(model, fit):
     assert (weights[model.data["z"] == 1] == 1).all() and (weights > 0).all()
 
     catt = fit.catt
-    columns = ["mean", "sd", "lower", "upper", "ess_bulk", "ess_tail", "r_hat"]
+    columns = ["estimate", "mean", "sd", "lower", "upper", "ess_bulk", "ess_tail", "r_hat"]
     assert list(catt.columns) == [*columns, "n_treated", "n_control"]
+    # The point estimate and the counts carry the names of MAP results' CATT tables.
+    assert (catt["estimate"] == catt["mean"]).all()
+    assert {"estimate", "n_treated", "n_control"} <= set(model.fit_map().catt.columns)
     assert catt.index.equals(model.design.groups)
     assert (catt["lower"] < catt["mean"]).all() and (catt["mean"] < catt["upper"]).all()
     att = fit.att

@@ -94,6 +94,8 @@ class PosteriorResult:
         name = "catt" if self.estimand == "att" else "cate"
         table = summarize_draws(self._estimands()[name])
         table.index = self.design.groups
+        # The point estimate under the name MAP results use (here the posterior mean).
+        table.insert(0, "estimate", table["mean"])
         n_treated = self.design.treated_per_group.astype(int)
         table["n_treated"] = n_treated
         table["n_control"] = self.design.units_per_group - n_treated
@@ -101,13 +103,16 @@ class PosteriorResult:
 
     def _overall_table(self) -> pd.DataFrame:
         name = "att" if self.estimand == "att" else "ate"
-        return summarize_draws(self._estimands()[name]).set_axis([name])
+        table = summarize_draws(self._estimands()[name]).set_axis([name])
+        table.insert(0, "estimate", table["mean"])
+        return table
 
     @property
     def catt(self) -> pd.DataFrame:
-        """Group CATTs: ``mean``, ``sd``, 90 % equal-tailed interval (``lower``, ``upper``),
-        ``ess_bulk``, ``ess_tail``, ``r_hat``, ``n_treated``, ``n_control``; NaN where a group
-        has no controls (or no treated)."""
+        """Group CATTs: ``estimate`` (the posterior mean; the column MAP results' tables
+        share), the draw summary ``mean``, ``sd``, 90 % equal-tailed interval (``lower``,
+        ``upper``), ``ess_bulk``, ``ess_tail``, ``r_hat``, and ``n_treated``, ``n_control`` (as
+        in MAP tables); NaN where a group has no controls (or no treated)."""
         self._names("att")
         return self._group_table()
 
