@@ -1,5 +1,5 @@
-"""Acceptance tests of the validated design: encoding, standardization, validation (DESIGN.md
-§5, §7), the formula constructor, invariances and the summary."""
+"""Acceptance tests of the validated design: encoding, standardization, validation
+(docs/math.md §2, docs/architecture.md §7), the formula constructor, invariances and the summary."""
 
 from __future__ import annotations
 
@@ -332,7 +332,7 @@ def test_varying_slopes_by_input_or_encoded_name():
 
 
 # --------------------------------------------------------------------------------------------
-# 2. Validation (DESIGN.md §7)
+# 2. Validation (docs/architecture.md §7)
 # --------------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ def fit_quietly(model, **hyperparameters):
 
 
 def assert_first_order_identities(model, fit, rtol=1e-6):
-    """Every row of the DESIGN.md §2 table, computed by hand from the weights."""
+    """Every row of the docs/math.md §6 table, computed by hand from the weights."""
     d = model.design
     h = fit.hyperparameters
     c = fit.coefficients
@@ -118,7 +118,7 @@ def test_result_objects_are_named():
 
 
 def primal_weights(model, fit):
-    """Solve the primal of DESIGN.md §2 with cvxpy and an exponential-cone solver."""
+    """Solve the primal of docs/math.md §7 with cvxpy and an exponential-cone solver."""
     cp = pytest.importorskip("cvxpy")
     d = model.design
     h = fit.hyperparameters

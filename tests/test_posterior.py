@@ -51,7 +51,7 @@ def propensity_fit(model, fit):
 
 
 def hand_eta(design, posterior, chain, draw):
-    """η of every unit from the raw parameters of one draw (non-centred, DESIGN §2)."""
+    """η of every unit from the raw parameters of one draw (non-centred, docs/math.md §3)."""
     p = {name: posterior[name].sel(chain=chain, draw=draw).to_numpy() for name in posterior}
     alpha = p["intercept"] + design.group_matrix @ p["gamma"] + p["sigma_alpha"] * p["alpha_offset"]
     beta = p["mu_beta"] + p["sigma_beta"] * p["beta_offset"]  # every slope varies here

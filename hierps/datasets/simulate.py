@@ -169,7 +169,7 @@ def simulate_multisite(
     With ``n_categories = K > 0``, a categorical ``c1`` with levels "a", "b", … is drawn per unit
     from school-specific level probabilities (Dirichlet(2, …, 2) per school).
 
-    **Propensity** (DESIGN.md §2)::
+    **Propensity** (docs/math.md §3)::
 
         logit π_i = α_j + x_i' β_j (+ ζ_c1[i])
         α_j = a0 + v_j' γ + σ_α z_j,      β_jk = μ_k + σ_β,k z_jk,      z ~ N(0, 1)

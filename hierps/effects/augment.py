@@ -1,7 +1,7 @@
 """Augmented ("bias-corrected") effects: weights plus a Bayesian outcome model, per draw.
 
 τ_j = mean_{T,j}(Y − m) − Σ_{C_j} w (Y − m) / W_j, with m the outcome model fit on the
-controls (DESIGN.md §3). The outcome never feeds back into the propensity model.
+controls (docs/math.md §13). The outcome never feeds back into the propensity model.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pooling group CATTs: a normal hierarchical model over the group estimates (DESIGN §3).
+"""Pooling group CATTs: a normal hierarchical model over the group estimates (docs/math.md §15).
 
 ::
 

@@ -1,6 +1,6 @@
 """Outcome models for augmentation: ``m(x)`` fit on the controls, effects on residuals.
 
-Augmentation ("bias correction", DESIGN §3) applies the weighting estimator to the residuals
+Augmentation ("bias correction", docs/math.md §13) applies the weighting estimator to the residuals
 ``Y − m(x)`` of an outcome model fit on the controls::
 
     τ_j = mean_{T=1, j}(Y − m) − Σ_{C_j} w (Y − m) / W_j

@@ -3,7 +3,7 @@
 A constraint matrix from :func:`hierps.generate_constraints` is a propensity design. Fitting the
 calibrated loss on it, with each column's coefficient given prior variance
 ``scale × importance``, gives entropy-balancing weights that balance every column softly, the
-more exactly the larger its importance (DESIGN.md §4). The hierarchical model is the special
+more exactly the larger its importance (docs/math.md §16). The hierarchical model is the special
 case ``. ~ 1 + school``.
 """
 
