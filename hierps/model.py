@@ -129,7 +129,7 @@ class Model:
         return self.design.summary()
 
     def build_pymc(self, loss: str = "bernoulli", **fixed: float) -> pm.Model:
-        """Build the PyMC model; see :func:`hierps.model.build_pymc`."""
+        """Build the PyMC model; see :func:`hierps.pymc_model.build_pymc`."""
         from hierps.pymc_model import build_pymc
 
         return build_pymc(self.design, loss=loss, **fixed)
@@ -158,8 +158,8 @@ class Model:
 
         ``outcome_model`` adds augmented CATTs (``result.augmented``, the ATT in its
         ``.attrs["att"]``): ``True`` fits the default Bambi hierarchical regression on the
-        controls (:func:`hierps.outcome.fit_outcome_model`), a string is a Bambi formula on
-        the original columns, or pass a fitted :class:`~hierps.outcome.OutcomeModel`.
+        controls (:func:`hierps.effects.outcome.fit_outcome_model`), a string is a Bambi formula on
+        the original columns, or pass a fitted :class:`~hierps.effects.outcome.OutcomeModel`.
         The outcome model never feeds back into the propensity model.
         """
         from hierps.effects.augment import augment

@@ -1,7 +1,7 @@
 """Small posterior results without sampling: a hand-built DataTree passed to ``from_idata``.
 
 The draws scatter around a MAP fit's coefficients, so that the result has the shape and the
-derived groups of a real :class:`hierps.posterior.PosteriorResult` in milliseconds.
+derived groups of a real :class:`hierps.posterior.result.PosteriorResult` in milliseconds.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def hand_built_tree(
 
 
 def hand_built_posterior(fit, store_weights: bool = False, estimand: str = "att", **kwargs):
-    """A :class:`hierps.posterior.PosteriorResult` from :func:`hand_built_tree`."""
+    """A :class:`hierps.posterior.result.PosteriorResult` from :func:`hand_built_tree`."""
     from hierps.posterior.draws import from_idata
 
     with warnings.catch_warnings():

@@ -10,7 +10,7 @@ For each simulated data set (``hierps.datasets.simulate_multisite``, seeds 0..N-
 the ATT and the 20 school CATTs with
 
 * MAP balancing weights at sigma_beta = 30 (no pooling), 1 (the default), 0.3 and 0.01
-  (complete pooling), with normal 90 % intervals from ``hierps.pooling.map_standard_errors``;
+  (complete pooling), with normal 90 % intervals from ``hierps.effects.catt_pooling.map_standard_errors``;
 * the posterior of the Bernoulli model (half-normal hyperpriors on sigma_alpha, sigma_beta),
   sampled once with nutpie, summarized with ``uncertainty="propensity"`` and
   ``"bayesian_bootstrap"`` via ``hierps.posterior.from_idata``;
@@ -99,7 +99,7 @@ COLUMNS = [
 def gibbs_outcome_model(design, n_draws: int, burn: int, seed: int) -> xr.DataArray:
     """Posterior draws of m(x_i) = b0 + x_i'b + v_j'λ + u_j for every unit (controls fit).
 
-    The same regression as ``hierps.outcome.fit_outcome_model``'s default Bambi model (the
+    The same regression as ``hierps.effects.outcome.fit_outcome_model``'s default Bambi model (the
     design's standardized unit and group covariates plus a school random intercept), with
     conditionally conjugate priors so that it can be sampled exactly by blocked Gibbs:
 

@@ -112,7 +112,7 @@ def balance_frame(design: Design, weights: np.ndarray) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers of the balance table (hierps.diagnostics): covariate kinds, variance ratios, and
+# Helpers of the balance table (hierps.balance.table): covariate kinds, variance ratios, and
 # balance draw by draw. Same covariates, scale and SMD denominator as balance_frame.
 # --------------------------------------------------------------------------------------------
 

@@ -134,9 +134,9 @@ def balance_table(
     Parameters
     ----------
     result
-        A :class:`~hierps.map.MapResult` (its ``weights``), or a posterior result (anything
-        with ``design`` and an ``idata`` DataTree, such as
-        :class:`~hierps.posterior.PosteriorResult` with the ATT). For a posterior the point
+        A :class:`~hierps.calibrated.fit.MapResult` (its ``weights``), or a posterior result
+        (anything with ``design`` and an ``idata`` DataTree, such as
+        :class:`~hierps.posterior.result.PosteriorResult` with the ATT). For a posterior the point
         tables use the **posterior-mean weights** (``weights/weight``); note that the SMD of
         the mean weights is not the posterior mean of the SMD. The tables then also carry
         per-draw equal-tailed intervals of the SMD after weighting (``smd_after_lower``,
@@ -160,7 +160,7 @@ def balance_table(
 
     Examples
     --------
-    >>> from hierps.diagnostics import balance_table
+    >>> from hierps.balance.table import balance_table
     >>> table = balance_table(fit)  # doctest: +SKIP
     >>> print(table)  # doctest: +SKIP
     >>> table.across_groups.sort_values("max_abs_smd_after")  # doctest: +SKIP

@@ -9,8 +9,8 @@ is linear with a constant Jacobian, so the modes coincide)::
            + Σ_j u_j²/2σα² + Σ_j |δ_j|²/2σβ²
 
 :func:`hierarchical_problem` lays the design out as a
-:class:`~hierps.calibrated_problem.CalibratedProblem` and :func:`hierps.newton.newton_solve`
-minimizes it.
+:class:`~hierps.calibrated.problem.CalibratedProblem` and
+:func:`hierps.calibrated.newton.newton_solve` minimizes it.
 """
 
 from __future__ import annotations
@@ -81,8 +81,9 @@ def fit_map(
     design
         The validated design.
     sigma_alpha, sigma_beta, sigma_mu_beta, sigma_gamma, sigma_intercept
-        The fixed prior scales (see :class:`hierps.hyperparameters.MapHyperparameters` for the
-        defaults). ``sigma_beta`` may be one value per varying slope.
+        The fixed prior scales (see
+        :class:`hierps.design.hyperparameters.MapHyperparameters` for the defaults).
+        ``sigma_beta`` may be one value per varying slope.
     tol
         Convergence: the largest absolute gradient entry of the objective.
     max_iterations
@@ -284,7 +285,7 @@ class MapResult:
     def balance(self) -> pd.DataFrame:
         """Covariate balance before and after weighting, globally and within each group.
 
-        See :func:`hierps.balance.balance_frame` for the columns.
+        See :func:`hierps.balance.statistics.balance_frame` for the columns.
         """
         from hierps.balance.statistics import balance_frame
 

@@ -6,7 +6,7 @@ group's local deviations ``(u_j, δ_j)``, the solver minimizes::
     f(θ) = Σ_controls exp(η_i) − Σ_treated η_i + θ_global' P_g θ_global / 2
            + Σ_j θ_local_j' P_l θ_local_j / 2
 
-over a :class:`~hierps.calibrated_problem.CalibratedProblem`. The Hessian has one block per
+over a :class:`~hierps.calibrated.problem.CalibratedProblem`. The Hessian has one block per
 group for ``(u_j, δ_j)``, a small global block for ``(a0, γ, μ)`` and their coupling; Newton
 steps solve it by the Schur complement on the global block, with batched Cholesky factors of
 the local blocks. Each step minimizes the objective roughly along the Newton direction (the
@@ -251,8 +251,8 @@ def newton_solve(
     Parameters
     ----------
     problem
-        From :func:`hierps.calibrated_problem.make_problem` or
-        :func:`hierps.map.hierarchical_problem`.
+        From :func:`hierps.calibrated.problem.make_problem` or
+        :func:`hierps.calibrated.fit.hierarchical_problem`.
     theta_global, theta_local
         Starting point (``theta_local`` ``(J, K)`` in the input's group order); by default
         ``a0 = log(n_treated / n_controls)`` and the rest 0.

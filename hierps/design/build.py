@@ -1,7 +1,7 @@
 """Validation, encoding and standardization: from a DataFrame and column roles to a design.
 
 The design knows nothing of PyMC or of any fit; the PyMC graph (:mod:`hierps.model`) and the
-MAP solver (:mod:`hierps.map`) both consume it.
+MAP solver (:mod:`hierps.calibrated`) both consume it.
 """
 
 from __future__ import annotations

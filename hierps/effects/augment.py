@@ -31,14 +31,14 @@ def augment(result, outcome_model: OutcomeModel | xr.DataArray) -> pd.DataFrame:
     Parameters
     ----------
     result
-        A :class:`~hierps.map.MapResult` (its weights are held fixed: the interval carries
-        the outcome model's uncertainty) or a posterior result with the ATT estimand
+        A :class:`~hierps.calibrated.fit.MapResult` (its weights are held fixed: the interval
+        carries the outcome model's uncertainty) or a posterior result with the ATT estimand
         (its per-draw weights, and Bayesian-bootstrap weights when it used them, are
         recomputed from the stored posterior with the recorded seed and paired draw by draw
-        with the outcome-model draws; see :func:`hierps.outcome.pair_draws`).
+        with the outcome-model draws; see :func:`hierps.effects.outcome.pair_draws`).
     outcome_model
-        A fitted :class:`~hierps.outcome.OutcomeModel` of the same design
-        (:func:`hierps.outcome.fit_outcome_model`) or its ``predictions``.
+        A fitted :class:`~hierps.effects.outcome.OutcomeModel` of the same design
+        (:func:`hierps.effects.outcome.fit_outcome_model`) or its ``predictions``.
 
     Returns
     -------

@@ -175,7 +175,7 @@ def pool_catt(
 
         - a posterior result (an object with a ``.catt`` DataFrame holding ``mean`` and
           ``sd`` by group and a ``.design``): estimate = posterior mean, se = posterior sd;
-        - a :class:`~hierps.map.MapResult`: estimate = ``catt["estimate"]``, se from
+        - a :class:`~hierps.calibrated.fit.MapResult`: estimate = ``catt["estimate"]``, se from
           :func:`map_standard_errors`;
         - a DataFrame with ``estimate`` and ``se`` columns indexed by group.
     group_covariates

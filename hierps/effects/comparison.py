@@ -20,9 +20,9 @@ def compare(map_result: MapResult, posterior_result: PosteriorResult) -> pd.Data
     Parameters
     ----------
     map_result
-        A :class:`hierps.map.MapResult` (``Model.fit_map``).
+        A :class:`hierps.calibrated.fit.MapResult` (``Model.fit_map``).
     posterior_result
-        A :class:`hierps.posterior.PosteriorResult` of the same data with ``estimand="att"``
+        A :class:`hierps.posterior.result.PosteriorResult` of the same data with ``estimand="att"``
         (``Model.sample``).
 
     Returns

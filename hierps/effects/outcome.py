@@ -406,7 +406,7 @@ def augmented_effects(
     """Augmented group CATTs and ATT, one per paired (propensity, outcome) draw.
 
     ``τ_j = mean_{T=1,j}(Y − m) − Σ_{C_j} w (Y − m) / W_j``: the weighting estimator of
-    :func:`hierps.estimands.catt_from_weights` applied to the residuals ``Y − m(x)``.
+    :func:`hierps.effects.estimands.catt_from_weights` applied to the residuals ``Y − m(x)``.
 
     Parameters
     ----------

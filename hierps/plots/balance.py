@@ -29,8 +29,8 @@ def plot_love(
     Parameters
     ----------
     result_or_table
-        A :class:`~hierps.diagnostics.BalanceTable`, or a result to pass to
-        :func:`~hierps.diagnostics.balance_table`.
+        A :class:`~hierps.balance.table.BalanceTable`, or a result to pass to
+        :func:`~hierps.balance.table.balance_table`.
     threshold
         The dashed reference line; default the table's threshold (0.1).
     ax

@@ -119,8 +119,8 @@ def plot_weights(
     Parameters
     ----------
     result_or_table
-        A :class:`~hierps.diagnostics.BalanceTable` or a result for
-        :func:`~hierps.diagnostics.balance_table`.
+        A :class:`~hierps.balance.table.BalanceTable` or a result for
+        :func:`~hierps.balance.table.balance_table`.
     share_threshold
         Reference share (the 20 % at which MAP fits warn).
     axes

@@ -215,7 +215,7 @@ class _Cells:
     cell's units or a group's cells is a sum over a contiguous run.
     """
 
-    pattern: np.ndarray  # (c,) the covariate pattern of each cell (see hierps.model.compress)
+    pattern: np.ndarray  # (c,) the covariate pattern of each cell (see hierps.pymc_model.compress)
     treated: np.ndarray  # (c,) 1 for a cell of treated units, else 0
     group: np.ndarray  # (c,) the group of each cell
     of_unit: np.ndarray  # (n,) the cell of every unit

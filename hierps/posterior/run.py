@@ -85,7 +85,7 @@ def sample(
     **fixed
         Hyperparameters fixed at a number (``sigma_alpha``, ``sigma_beta``,
         ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``); see
-        :func:`hierps.model.build_pymc`. ``sigma_alpha`` and ``sigma_beta`` left out get
+        :func:`hierps.pymc_model.build_pymc`. ``sigma_alpha`` and ``sigma_beta`` left out get
         half-normal hyperpriors.
 
     Returns

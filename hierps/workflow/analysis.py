@@ -70,7 +70,7 @@ def run_analysis(
     Parameters
     ----------
     spec
-        A validated model file (:func:`hierps.spec.read_spec`).
+        A validated model file (:func:`hierps.workflow.spec.read_spec`).
     out_dir
         Where to write ``result.nc``, ``weights.csv``, ``catt.csv``, ``balance.csv``,
         ``figures/*.png`` and ``report.md``. ``None`` writes nothing.

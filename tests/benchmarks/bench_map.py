@@ -50,7 +50,7 @@ def repeat(n, rebuild_layout):
     times = []
     for _ in range(n):
         if rebuild_layout:
-            hierps.calibrated_problem._LAYOUTS.clear()
+            hierps.calibrated.problem._LAYOUTS.clear()
         start = time.perf_counter()
         model.fit_map()
         times.append(time.perf_counter() - start)

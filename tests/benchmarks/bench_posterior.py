@@ -35,7 +35,7 @@ hierps runs its chains side by side (``cores = min(chains, CPUs)``); Bambi gets 
 (half the CPUs: one core here) unless ``--bambi-cores`` is given. ``--new-data`` leaves a
 fresh random 20 students out of every run, so that neither peer finds code compiled for its
 data in the cache: Bambi builds its design matrices into the graph as constants, and hierps
-compiles the data in as constants too (see ``hierps.posterior.sample``).
+compiles the data in as constants too (see ``hierps.posterior.run.sample``).
 """
 
 from __future__ import annotations
