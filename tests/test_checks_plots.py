@@ -79,7 +79,7 @@ def test_overlap_plot_has_one_panel_per_group_and_frames_the_flagged(fit):
         assert ax.spines["top"].get_visible()
         assert to_hex(ax.spines["left"].get_edgecolor()) == COLORS["within"].lower()
     for ax in visible[n_flagged:]:
-        assert not ax.spines["left"].get_visible()
+        assert not ax.spines["top"].get_visible()
     _sub, sub_axes = plot_overlap(fit, table=table, groups=list(fit.design.groups[:2]), ncols=2)
     assert sum(ax.get_visible() for ax in sub_axes.flat) == 2
     with pytest.raises(ValueError, match="groups"):
