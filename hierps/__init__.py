@@ -27,6 +27,7 @@ _LAZY = {
     "sample": "hierps.posterior.run",
     "BalanceTable": "hierps.balance.table",
     "overlap": "hierps.balance.overlap",
+    "distribution_balance": "hierps.balance.distribution",
     "balance_table": "hierps.balance.table",
     "Diagnosis": "hierps.mcmc.diagnosis",
     "diagnose": "hierps.mcmc.diagnosis",
@@ -72,6 +73,7 @@ __all__ = [
     "constraint_weights",
     "datasets",
     "diagnose",
+    "distribution_balance",
     "fit_map",
     "fit_outcome_model",
     "generate_constraints",
@@ -104,6 +106,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers see the real names
     from hierps import datasets, plots
+    from hierps.balance.distribution import distribution_balance
     from hierps.balance.overlap import overlap
     from hierps.balance.table import BalanceTable, balance_table
     from hierps.calibrated.fit import MapResult, fit_map
