@@ -270,3 +270,55 @@ def test_bad_arguments_are_named(study_fit):
         sensitivity(study_fit, ci_prob=1.5)
     with pytest.raises(TypeError, match="design"):
         sensitivity(object())
+
+
+def test_posterior_with_bayesian_bootstrap_uses_the_stored_bootstrap_weights(study_fit):
+    from posterior_helpers import hand_built_tree
+
+    from hierps.posterior.draws import from_idata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        post = from_idata(
+            study_fit.design,
+            hand_built_tree(study_fit, draws=30),
+            random_seed=3,
+            store_weights=True,
+        )
+    table = sensitivity(post, Lambda=1.0)
+    assert "stored Bayesian-bootstrap weights" in table.attrs["method"]
+    rows = group_rows(table, 1.0)
+    np.testing.assert_allclose(rows["ci_lower"], post.catt["lower"], rtol=1e-9)
+    np.testing.assert_allclose(rows["ci_upper"], post.catt["upper"], rtol=1e-9)
+    att = table[table["target"] == ATT_LABEL].iloc[0]
+    assert att["estimate"] == pytest.approx(post.att["mean"].iloc[0], rel=1e-9)
+    # Without stored weights, fresh Dirichlet weights: same centre, a similar spread.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        unstored = from_idata(study_fit.design, hand_built_tree(study_fit, draws=30))
+    fresh = sensitivity(unstored, Lambda=1.0, random_seed=11)
+    assert "fresh Bayesian-bootstrap weights" in fresh.attrs["method"]
+    fresh_att = fresh[fresh["target"] == ATT_LABEL].iloc[0]
+    width = att["ci_upper"] - att["ci_lower"]
+    assert fresh_att["estimate"] == pytest.approx(att["estimate"], abs=0.3 * width)
+    assert fresh_att["ci_upper"] - fresh_att["ci_lower"] == pytest.approx(width, rel=0.5)
+    rv = robustness_value(post)
+    assert rv.loc[ATT_LABEL, "robustness_value_ci"] <= rv.loc[ATT_LABEL, "robustness_value"]
+
+
+def test_group_without_controls_is_nan_and_left_out_of_the_att():
+    frame, roles = make_frame(seed=6, sizes=(20, 40), n_groups=4, n_unit=1, n_group=0)
+    first = frame["school"] == frame["school"].iloc[0]
+    frame.loc[first, "z"] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        fit = hierps.Model(frame, **roles).fit_map()
+    table = sensitivity(fit, Lambda=[1.0, 2.0], bootstrap="fixed", n_bootstrap=20)
+    label = frame["school"].iloc[0]
+    assert table.loc[table["target"] == label, ["lower", "upper", "ci_lower"]].isna().all().all()
+    att = table[table["target"] == ATT_LABEL].set_index("Lambda")
+    assert att.loc[1.0, "estimate"] == pytest.approx(fit.att, rel=1e-10)
+    groups = group_rows(table, 2.0).drop(index=label)
+    n1 = pd.Series(fit.design.treated_per_group, index=fit.design.groups).drop(index=label)
+    expected = np.sum(n1 * groups["lower"]) / n1.sum()
+    assert att.loc[2.0, "lower"] == pytest.approx(expected, rel=1e-10)
