@@ -258,6 +258,11 @@ def _prepare(
         weights = np.where(design.treatment == 1, 0.0, weights)
         point = masses(np.ones((1, design.n_units)), weights[None])
         if bootstrap == "refit":
+            if not hasattr(result, "hyperparameters"):
+                raise ValueError(
+                    f"bootstrap='refit' refits a MapResult; {type(result).__name__} has no "
+                    f"prior scales to refit with: use bootstrap='fixed'"
+                )
             unit_mass, control_weight, failed = _refit_bootstrap(result, n_bootstrap, rng)
             method = (
                 f"percentile bootstrap: {n_bootstrap} resamples of units within each (group, "
@@ -454,10 +459,12 @@ def sensitivity(
     ci_prob
         Probability of the intervals; by default the posterior's recorded one, else 0.9.
     bootstrap
-        MAP results only. ``"refit"`` (default) refits the MAP weights on every resample, so
-        the interval carries the weights' estimation error; ``"fixed"`` keeps the full-sample
-        weights and resamples only the units (faster, narrower, optimistic). Resamples keep
-        the size of every (group, arm) cell, so every group keeps both arms.
+        MAP results only. ``"refit"`` (default) refits the MAP weights on every resample
+        (same prior scales, covariates standardized as in the full sample, warm-started at
+        the full-sample fit), so the interval carries the weights' estimation error;
+        ``"fixed"`` keeps the full-sample weights and resamples only the units (faster,
+        narrower, optimistic). Resamples keep the size of every (group, arm) cell, so every
+        group keeps both arms.
     n_bootstrap
         Number of bootstrap resamples (MAP results).
     random_seed
