@@ -26,6 +26,8 @@ _LAZY = {
     "PosteriorResult": "hierps.posterior.result",
     "sample": "hierps.posterior.run",
     "BalanceTable": "hierps.balance.table",
+    "overlap": "hierps.balance.overlap",
+    "distribution_balance": "hierps.balance.distribution",
     "balance_table": "hierps.balance.table",
     "Diagnosis": "hierps.mcmc.diagnosis",
     "diagnose": "hierps.mcmc.diagnosis",
@@ -35,6 +37,8 @@ _LAZY = {
     "PooledCATT": "hierps.effects.catt_pooling",
     "pool_catt": "hierps.effects.catt_pooling",
     "compare": "hierps.effects.comparison",
+    "sensitivity": "hierps.effects.sensitivity",
+    "robustness_value": "hierps.effects.sensitivity",
     "Constraints": "hierps.natstrat.constraints",
     "generate_constraints": "hierps.natstrat.constraints",
     "stand": "hierps.natstrat.constraints",
@@ -69,14 +73,18 @@ __all__ = [
     "constraint_weights",
     "datasets",
     "diagnose",
+    "distribution_balance",
     "fit_map",
     "fit_outcome_model",
     "generate_constraints",
     "load",
+    "overlap",
     "plots",
     "pool_catt",
     "pooling_path",
+    "robustness_value",
     "sample",
+    "sensitivity",
     "stand",
 ]
 
@@ -98,6 +106,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers see the real names
     from hierps import datasets, plots
+    from hierps.balance.distribution import distribution_balance
+    from hierps.balance.overlap import overlap
     from hierps.balance.table import BalanceTable, balance_table
     from hierps.calibrated.fit import MapResult, fit_map
     from hierps.calibrated.path import pooling_path
@@ -105,6 +115,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from hierps.effects.catt_pooling import PooledCATT, pool_catt
     from hierps.effects.comparison import compare
     from hierps.effects.outcome import OutcomeModel, fit_outcome_model
+    from hierps.effects.sensitivity import robustness_value, sensitivity
     from hierps.mcmc.diagnosis import Diagnosis, diagnose
     from hierps.model import Model
     from hierps.natstrat.constraints import Constraints, generate_constraints, stand

@@ -30,6 +30,7 @@ from hierps.balance.statistics import (
     covariate_values,
     variance_ratios,
 )
+from hierps.balance.terms import expanded_design
 from hierps.design.build import Design
 from hierps.effects.estimands import kish_ess
 from hierps.mcmc.conventions import CI_PROB, SAMPLE_DIMS
@@ -100,7 +101,11 @@ class BalanceTable:
 
 
 def balance_table(
-    result: Any, threshold: float = DEFAULT_THRESHOLD, ci_prob: float | None = None
+    result: Any,
+    threshold: float = DEFAULT_THRESHOLD,
+    ci_prob: float | None = None,
+    squares: bool = False,
+    interactions: bool = False,
 ) -> BalanceTable:
     """Covariate balance of a result's control weights, globally, per group and across groups.
 
@@ -151,6 +156,12 @@ def balance_table(
     ci_prob
         Probability of the per-draw intervals; by default the ``ci_prob`` the posterior
         recorded, else 0.9.
+    squares, interactions
+        Also assess the squares of the continuous unit covariates (``x^2``) and the products
+        of pairs of unit covariates (``a:b``), continuous columns centred at their treated
+        mean: the balance of variances and covariances (see
+        :func:`hierps.balance.terms.expanded_design`). They are rows of every table after
+        the model's covariates.
 
     Returns
     -------
@@ -168,7 +179,10 @@ def balance_table(
     if isinstance(threshold, bool) or not np.isscalar(threshold) or not threshold > 0:
         raise ValueError(f"threshold must be a positive number, not {threshold!r}")
     threshold = float(threshold)
-    design, weights, label, draws, per_draw, recorded_prob = _resolve_weights(result)
+    design, weights, label, draw_weights, per_draw, recorded_prob = _resolve_weights(result)
+    if squares or interactions:
+        design = expanded_design(design, squares=bool(squares), interactions=bool(interactions))
+    draws = None if draw_weights is None else balance_draws(design, *draw_weights)
     if ci_prob is not None and not 0 < ci_prob < 1:
         raise ValueError(f"ci_prob must lie strictly between 0 and 1, not {ci_prob!r}")
     prob = None if draws is None else float(ci_prob or recorded_prob or CI_PROB)
@@ -252,9 +266,17 @@ def balance_table(
 
 def _resolve_weights(
     result: Any,
-) -> tuple[Design, np.ndarray, str, BalanceDraws | None, str, float | None]:
-    """Design, point weights, their label, per-draw weights (if any), how those were found,
-    and the interval probability the result recorded.
+) -> tuple[
+    Design,
+    np.ndarray,
+    str,
+    tuple[Callable[[int, np.ndarray], np.ndarray], int] | None,
+    str,
+    float | None,
+]:
+    """Design, point weights, their label, per-draw weights (if any: a function of the group
+    and rows, and the number of draws), how those were found, and the interval probability
+    the result recorded.
 
     Branches on what the result holds, not on its class: an ``idata`` means a posterior.
     """
@@ -315,8 +337,8 @@ def _resolve_weights(
             "not available: idata holds neither weights/weight_draws (store_weights=True) nor "
             "posterior alpha and beta"
         )
-    table_draws = None if draws is None else balance_draws(design, draws, n_draws)
-    return design, weights, "posterior-mean weights", table_draws, per_draw, recorded
+    draw_weights = None if draws is None else (draws, n_draws)
+    return design, weights, "posterior-mean weights", draw_weights, per_draw, recorded
 
 
 def _recomputed_weights(
