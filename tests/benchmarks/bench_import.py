@@ -71,6 +71,10 @@ def measure(repeats: int, env: dict[str, str]) -> dict[str, dict[str, list[float
     return times
 
 
+def _ratio(value: float) -> str:
+    return f"{value:.0f}×" if value >= 10 else f"{value:.2f}×"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -111,8 +115,8 @@ def main() -> None:
     for peer in ("import pymc", "import bambi", "import arviz"):
         peer_median = statistics.median(times[peer]["import"])
         print(
-            f"{peer} takes {peer_median / hierps:.0f}× `import hierps` "
-            f"and {peer_median / model:.1f}× `hierps.Model`"
+            f"{peer} takes {_ratio(peer_median / hierps)} `import hierps` "
+            f"and {_ratio(peer_median / model)} `hierps.Model`"
         )
 
 
