@@ -29,7 +29,7 @@ SHAPES = {"load_learning_mindsets": [10391, 13], "load_nh0506": [2928, 11]}
 TERMS = {"learning_mindsets": "learning_mindsets.md", "nh0506": "nh0506.md"}
 
 
-def pip(*arguments: str, cwd: Path) -> None:
+def pip(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "-m", "pip", *arguments, "--quiet", "--no-input"],
         capture_output=True,
@@ -38,6 +38,7 @@ def pip(*arguments: str, cwd: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     # Offline: the running environment provides setuptools, so no isolated build environment.
-    pip(
+    built = pip(
         "wheel",
         "--no-deps",
         "--no-build-isolation",
@@ -62,6 +63,8 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
         str(source),
         cwd=work,
     )
+    # Deprecated pyproject settings show up as build warnings long before builds fail on them.
+    assert "Warning" not in built.stderr, built.stderr
     (wheel,) = (work / "dist").glob("hierps-*.whl")
     pip("install", "--no-deps", "--target", str(work / "site"), str(wheel), cwd=work)
     return wheel, work / "site"
