@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,13 @@ def write(tmp_path: Path, text: str, name: str = "model.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def test_version_prints_the_package_version(tmp_path):
+    done = hierps_command("--version", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"hierps {hierps.__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", hierps.__version__)
 
 
 def test_check_accepts_a_valid_file(tmp_path):

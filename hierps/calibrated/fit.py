@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from hierps.calibrated.newton import NewtonTrace, newton_solve
 from hierps.calibrated.problem import _LAYOUTS, CalibratedProblem, _problem, lay_out_controls
@@ -28,6 +28,9 @@ from hierps.design.build import Design
 from hierps.design.hyperparameters import MapHyperparameters
 from hierps.effects.estimands import GroupSums, att_from_catt, catt_from_weights, kish_ess
 from hierps.exceptions import ConvergenceError, HierpsWarning
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = ["MapResult", "fit_map", "hierarchical_problem"]
 
@@ -190,6 +193,8 @@ class MapResult:
     @property
     def coefficients(self) -> xr.Dataset:
         """The dual coefficients on the standardized scale, with named dims."""
+        import xarray as xr  # only this view needs xarray: MAP fits import it lazily
+
         d = self.design
         n_group_cov = len(d.group_names)
         theta = self._theta_global

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-from formulae import model_description
 
 from hierps.design.build import ColumnRoles
 from hierps.exceptions import FormulaError
@@ -40,6 +39,9 @@ def roles_from_formula(formula: str, data: pd.DataFrame, outcome: str | None = N
     Terms constant within every group are group covariates; terms in the group-specific part
     get varying slopes (and are unit covariates); the rest are unit covariates with fixed slopes.
     """
+    # formulae (and the SciPy modules it loads) is imported only when a formula is parsed.
+    from formulae import model_description
+
     try:
         description = model_description(formula)
     except Exception as error:  # formulae raises several unrelated types

@@ -48,8 +48,24 @@ def _exit_codes():
         raise typer.Exit(EXIT_FAILED_FIT) from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from hierps._version import __version__
+
+        console.print(f"hierps {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
     """Hierarchical propensity scores for multilevel observational studies."""
 
 

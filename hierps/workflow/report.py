@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # reports are written without a screen
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -35,6 +31,10 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
 
 
 def _figures(result: AnalysisResult, directory: Path) -> dict[str, Path]:
+    # Imported here: only writing figures needs matplotlib. The backend stays the caller's
+    # choice; without a display pyplot falls back to Agg by itself.
+    import matplotlib.pyplot as plt
+
     from hierps import plots
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -49,22 +49,23 @@ def _figures(result: AnalysisResult, directory: Path) -> dict[str, Path]:
         plt.close(fig)
         figures[name] = path
 
-    if "love" in wanted:
-        keep("love", plots.plot_love(fit, threshold=threshold)[0])
-    if "catt" in wanted and result.model.design.outcome is not None:
-        if posterior is not None:
-            pooled = result.pooled.catt if result.pooled is not None else None
-            keep("catt", plots.plot_catt(posterior, map_result=fit, pooled=pooled)[0])
-        else:
-            keep("catt", plots.plot_catt(fit)[0])
-    if "map_vs_posterior" in wanted and posterior is not None:
-        keep("map_vs_posterior", plots.plot_map_vs_posterior(fit, posterior)[0])
-    if "pooling_path" in wanted and result.path_table is not None:
-        chosen = fit.hyperparameters.sigma_beta
-        chosen = float(chosen) if np.ndim(chosen) == 0 else None
-        keep("pooling_path", plots.plot_pooling_path(result.path_table, chosen=chosen)[0])
-    if "weights" in wanted:
-        keep("weights", plots.plot_weights(fit)[0])
+    with plt.ioff():  # an interactive session does not show figures that only go to files
+        if "love" in wanted:
+            keep("love", plots.plot_love(fit, threshold=threshold)[0])
+        if "catt" in wanted and result.model.design.outcome is not None:
+            if posterior is not None:
+                pooled = result.pooled.catt if result.pooled is not None else None
+                keep("catt", plots.plot_catt(posterior, map_result=fit, pooled=pooled)[0])
+            else:
+                keep("catt", plots.plot_catt(fit)[0])
+        if "map_vs_posterior" in wanted and posterior is not None:
+            keep("map_vs_posterior", plots.plot_map_vs_posterior(fit, posterior)[0])
+        if "pooling_path" in wanted and result.path_table is not None:
+            chosen = fit.hyperparameters.sigma_beta
+            chosen = float(chosen) if np.ndim(chosen) == 0 else None
+            keep("pooling_path", plots.plot_pooling_path(result.path_table, chosen=chosen)[0])
+        if "weights" in wanted:
+            keep("weights", plots.plot_weights(fit)[0])
     return figures
 
 
