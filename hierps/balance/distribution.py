@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hierps.balance.statistics import binary_covariates, covariate_values
-from hierps.design.build import Design
+from hierps.balance.statistics import att_result_design, binary_covariates, covariate_values
 
 __all__ = ["distribution_balance", "ecdf_differences"]
 
@@ -107,17 +106,7 @@ def distribution_balance(result: Any) -> pd.DataFrame:
         within-group distributions are a single value and so appear in global rows only).
         NaN where a group lacks an arm.
     """
-    design = getattr(result, "design", None)
-    if not isinstance(design, Design):
-        raise TypeError(
-            f"expected a hierps result with a .design (MapResult or PosteriorResult), not "
-            f"{type(result).__name__}"
-        )
-    if getattr(result, "estimand", "att") != "att":
-        raise ValueError(
-            f"distribution_balance assesses ATT weights; this result estimated the "
-            f"{str(result.estimand).upper()}"
-        )
+    design = att_result_design(result, "distribution_balance")
     weights = np.asarray(getattr(result, "weights", None), dtype=float).reshape(-1)
     if weights.shape != (design.n_units,):
         raise ValueError(f"expected one weight per unit ({design.n_units}), got {weights.shape}")

@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 from scipy.special import expit
 
-from hierps.design.build import Design
+from hierps.balance.statistics import att_result_design
 from hierps.mcmc.conventions import SAMPLE_DIMS
 
 __all__ = ["ALL_GROUPS", "linear_predictor", "overlap"]
@@ -32,7 +32,7 @@ def linear_predictor(result: Any) -> np.ndarray:
     A MAP result gives one row (its mode); a posterior result one row per posterior draw
     (chains stacked), from the ``alpha`` and ``beta`` of ``idata.posterior``.
     """
-    design = _design_of(result)
+    design = att_result_design(result, "overlap")
     idata = getattr(result, "idata", None)
     if idata is None:
         coefficients = getattr(result, "coefficients", None)
@@ -60,21 +60,6 @@ def linear_predictor(result: Any) -> np.ndarray:
             rows = order[starts[j] : starts[j + 1]]
             eta[:, rows] += beta[:, j, :] @ design.unit_matrix[rows].T
     return eta
-
-
-def _design_of(result: Any) -> Design:
-    design = getattr(result, "design", None)
-    if not isinstance(design, Design):
-        raise TypeError(
-            f"expected a hierps result with a .design (MapResult or PosteriorResult), not "
-            f"{type(result).__name__}"
-        )
-    if getattr(result, "estimand", "att") != "att":
-        raise ValueError(
-            f"overlap assesses ATT weights (controls reweighted to the treated); this result "
-            f"estimated the {str(result.estimand).upper()}"
-        )
-    return design
 
 
 def overlap(
@@ -126,7 +111,7 @@ def overlap(
     ):
         if isinstance(value, bool) or not np.isscalar(value) or not 0 <= value <= upper:
             raise ValueError(f"{name} must be a number in [0, {upper:g}], not {value!r}")
-    design = _design_of(result)
+    design = att_result_design(result, "overlap")
     eta = linear_predictor(result)
     propensity = expit(eta).mean(axis=0)
     weights = np.asarray(result.weights, dtype=float)

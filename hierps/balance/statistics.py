@@ -278,3 +278,35 @@ def balance_draws(
         ess_global = weight_sum.sum(axis=1) ** 2 / square_sum.sum(axis=1)
         ess_group = np.where(square_sum > 0, weight_sum**2 / square_sum, 0.0)
     return BalanceDraws(smd_global, smd_group, ess_global, ess_group)
+
+
+def att_result_design(result: object, purpose: str) -> Design:
+    """The design of a hierps result whose weights target the ATT.
+
+    Parameters
+    ----------
+    result
+        A MAP or posterior result (anything with a ``.design``).
+    purpose
+        What the caller assesses, for the error message (``"overlap"``).
+
+    Raises
+    ------
+    TypeError
+        If ``result`` has no design.
+    ValueError
+        If the result estimated another estimand.
+    """
+    design = getattr(result, "design", None)
+    if not isinstance(design, Design):
+        raise TypeError(
+            f"expected a hierps result with a .design (MapResult or PosteriorResult), not "
+            f"{type(result).__name__}"
+        )
+    estimand = str(getattr(result, "estimand", "att"))
+    if estimand != "att":
+        raise ValueError(
+            f"{purpose} assesses ATT weights (controls reweighted to the treated); this result "
+            f"estimated the {estimand.upper()}"
+        )
+    return design

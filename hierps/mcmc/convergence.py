@@ -70,17 +70,8 @@ def rhat_and_ess_of(samples: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
 def tail_ess(draws: np.ndarray, prob: float = 0.11) -> np.ndarray:
     """Tail ESS of every entry: the smaller ESS of the indicators of the ``prob`` and
     ``1 − prob`` quantiles (ArviZ's ``ess(method="tail")``, whose default ``prob`` follows its
-    ``stats.ci_prob`` of 0.89: quantiles 0.11 and 0.89).
-
-    Parameters
-    ----------
-    draws
-        ``(..., chain, draw)``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(...)``; NaN for entries with a NaN draw or with fewer than 4 draws.
+    ``stats.ci_prob`` of 0.89: quantiles 0.11 and 0.89). ``draws`` is ``(..., chain, draw)``;
+    the result is ``(...)``, NaN for entries with a NaN draw or with fewer than 4 draws.
     """
     draws = np.asarray(draws, dtype=float)
     if draws.shape[-1] < _MIN_DRAWS:

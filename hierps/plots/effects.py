@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 from hierps.plots.style import COLORS, legend, new_axes, new_axes_pair, style
 
@@ -126,37 +127,20 @@ def plot_catt(
         ax.axvline(0, color=COLORS["muted"], linewidth=1)
         if posterior is not None:
             ax.hlines(y, estimates["lower"], estimates["upper"], color=COLORS["posterior"])
-            ax.scatter(
-                estimates["mean"],
-                y,
-                color=COLORS["posterior"],
-                s=18,
-                zorder=3,
-                label="posterior mean and interval",
-            )
-            ax.axvline(
-                _overall_effect(result),
-                color=COLORS["posterior"],
-                linestyle="--",
-                linewidth=1,
-                label="posterior ATT",
+            _estimates_and_overall(
+                ax,
+                (estimates["mean"], y, _overall_effect(result)),
+                "posterior",
+                marker=("o", 18, 3, "posterior mean and interval"),
+                line=("--", 1.0, "posterior ATT"),
             )
         if map_fit is not None:
-            ax.scatter(
-                estimates["map"],
-                y - offset,
-                marker="D",
-                color=COLORS["map"],
-                s=16,
-                zorder=4,
-                label="MAP estimate",
-            )
-            ax.axvline(
-                _overall_effect(map_fit),
-                color=COLORS["map"],
-                linestyle=":",
-                linewidth=1.2,
-                label="MAP ATT",
+            _estimates_and_overall(
+                ax,
+                (estimates["map"], y - offset, _overall_effect(map_fit)),
+                "map",
+                marker=("D", 16, 4, "MAP estimate"),
+                line=(":", 1.2, "MAP ATT"),
             )
         if pooled is not None:
             ax.hlines(
@@ -272,3 +256,24 @@ def plot_map_vs_posterior(
             text += f"; {len(catt) - len(shown)} not estimable"
         right.text(0.02, 0.97, text, transform=right.transAxes, va="top", fontsize=8)
     return fig, axes
+
+
+def _estimates_and_overall(
+    ax: Axes,
+    values: tuple[ArrayLike, np.ndarray, float],
+    role: str,
+    marker: tuple[str, float, int, str],
+    line: tuple[str, float, str],
+) -> None:
+    """Group estimates as markers and the overall effect as a vertical line, in one role's
+    colour: ``values`` is (estimates, positions, overall), ``marker`` (shape, size, z-order,
+    label), ``line`` (style, width, label)."""
+    estimates, positions, overall = values
+    shape, size, zorder, label = marker
+    ax.scatter(
+        estimates, positions, marker=shape, color=COLORS[role], s=size, zorder=zorder, label=label
+    )
+    linestyle, linewidth, line_label = line
+    ax.axvline(
+        overall, color=COLORS[role], linestyle=linestyle, linewidth=linewidth, label=line_label
+    )
