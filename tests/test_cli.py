@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import write
 
 import hierps
 
@@ -44,12 +45,6 @@ def hierps_command(*arguments: str, cwd: Path | None = None) -> subprocess.Compl
         cwd=cwd,
         timeout=600,
     )
-
-
-def write(tmp_path: Path, text: str, name: str = "model.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def test_check_accepts_a_valid_file(tmp_path):
