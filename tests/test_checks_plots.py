@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from conftest import make_frame
+from helpers import make_frame
 from matplotlib.colors import to_hex
 
 import hierps

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import write
 
 import hierps
 
@@ -45,12 +46,6 @@ def hierps_command(*arguments: str, cwd: Path | None = None) -> subprocess.Compl
         cwd=cwd,
         timeout=600,
     )
-
-
-def write(tmp_path: Path, text: str, name: str = "model.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def test_version_prints_the_package_version(tmp_path):

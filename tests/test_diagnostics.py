@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_frame
-from posterior_helpers import hand_built_posterior, hand_built_tree
+from helpers import hand_built_posterior, hand_built_tree, make_frame
 
 import hierps
 from hierps.balance.table import balance_table

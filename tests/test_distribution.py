@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import make_frame
+from helpers import make_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import ks_2samp

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
+from helpers import fit_quietly, make_frame
 
 import hierps
 import hierps.calibrated.fit as map_module
@@ -16,12 +14,6 @@ import hierps.calibrated.problem as problem_module
 from hierps.design.hyperparameters import MapHyperparameters
 from hierps.effects.catt_pooling import map_standard_errors
 from hierps.exceptions import HierpsWarning
-
-
-def fit_quietly(model, **hyperparameters):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HierpsWarning)
-        return model.fit_map(**hyperparameters)
 
 
 def assert_first_order_identities(model, fit, rtol=1e-6):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 import pytest
-from conftest import make_frame
+from helpers import make_frame
 from scipy.special import log_expit
 
 import hierps
@@ -82,6 +82,7 @@ def test_fixed_hyperparameters_are_constants(model, calibrated):
         model.build_pymc(loss="probit")
 
 
+@pytest.mark.slow
 def test_bernoulli_density_matches_numpy(model):
     pymc_model = model.build_pymc(loss="bernoulli", **FIXED)
     rng = np.random.default_rng(0)
@@ -108,6 +109,7 @@ def test_bernoulli_density_matches_numpy(model):
         assert logp(point) == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.slow
 def test_calibrated_density_is_minus_the_map_objective_everywhere(model, calibrated):
     """At any parameter value, −logp = the solver's objective + the Gaussian constants."""
     problem = hierarchical_problem(model.design, MapHyperparameters(**FIXED))
@@ -213,6 +215,7 @@ def test_compress_counts_every_unit_once(discrete_model):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["bernoulli", "calibrated"])
 def test_compressed_likelihood_is_the_per_unit_sum(discrete_model, loss):
     """The likelihood term on patterns = the per-unit Bernoulli log-likelihood (no binomial
@@ -232,6 +235,7 @@ def test_compressed_likelihood_is_the_per_unit_sum(discrete_model, loss):
         assert likelihood(point) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_calibrated_loss_and_gradient_ignore_treated_only_patterns_that_overflow():
     """exp(η) of a pattern without controls is never formed: an η that overflows there leaves
     the calibrated loss and its gradient finite."""
@@ -257,6 +261,7 @@ def test_calibrated_loss_and_gradient_ignore_treated_only_patterns_that_overflow
     assert np.all(np.isfinite(gradient))
 
 
+@pytest.mark.slow
 def test_pattern_data_moves_a_built_model_to_other_rows(discrete_model):
     d = discrete_model.design
     frame = discrete_model.data

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_frame
+from helpers import make_frame, quietly
 
 import hierps
 from hierps.effects.outcome import (
@@ -19,16 +17,10 @@ from hierps.effects.outcome import (
     fit_outcome_model,
     pair_draws,
 )
-from hierps.exceptions import DataError, HierpsWarning
+from hierps.exceptions import DataError
 
 COEFFICIENTS = {"x1": 1.5, "x2": -1.0, "v1": 0.5}
 INTERCEPT = 2.0
-
-
-def quietly(function, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HierpsWarning)
-        return function(*args, **kwargs)
 
 
 def linear_study(seed: int = 5, n_groups: int = 12, all_treated_group: bool = False):

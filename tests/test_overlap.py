@@ -7,8 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
-from posterior_helpers import hand_built_posterior
+from helpers import hand_built_posterior, make_frame
 from scipy.special import expit
 
 import hierps

@@ -14,8 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
-from posterior_helpers import hand_built_posterior
+from helpers import fit_quietly, hand_built_posterior, make_frame
 
 import hierps
 from hierps.balance.table import balance_table
@@ -42,12 +41,6 @@ MINDSETS_ROLES = dict(
 def close_figures():
     yield
     plt.close("all")
-
-
-def fit_quietly(model, **hyperparameters):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HierpsWarning)
-        return model.fit_map(**hyperparameters)
 
 
 def model_of(frame, roles):

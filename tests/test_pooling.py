@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
+from helpers import make_frame, quietly
 
 import hierps
 from hierps.effects.catt_pooling import map_standard_errors, pool_catt, pooling_inputs
@@ -16,12 +16,6 @@ from hierps.exceptions import DataError, HierpsWarning
 from hierps.mcmc.summary import SUMMARY_COLUMNS
 
 MODERATOR = 0.8  # θ_j = 1 + 0.8 v1_j + 0 v2_j + 0.3 z_j
-
-
-def quietly(function, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HierpsWarning)
-        return function(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_frame
+from helpers import make_frame
 
 import hierps
 from hierps.effects.comparison import compare
@@ -83,6 +83,7 @@ def hand_effects(design, treated_weights, control_weights, estimand="att"):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_result_holds_sampler_and_derived_groups(model, fit):
     assert isinstance(fit, PosteriorResult)
     assert {"posterior", "sample_stats", "estimands", "weights"} <= set(fit.idata.children)
@@ -115,12 +116,14 @@ def test_result_holds_sampler_and_derived_groups(model, fit):
     assert "ATT" in repr(fit)
 
 
+@pytest.mark.slow
 def test_store_weights_false_keeps_only_the_posterior_mean(model, fit):
     light = from_idata(model.design, fit.idata, uncertainty="propensity")
     assert set(light.idata["weights"].data_vars) == {"weight"}
     np.testing.assert_allclose(light.weights, fit.weights, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_from_idata_refuses_a_posterior_of_other_data(model, fit):
     fewer = hierps.Model(model.data.iloc[:-1], **ROLES)
     with pytest.raises(ValueError, match="belongs to other data"):
@@ -135,6 +138,7 @@ def test_from_idata_refuses_a_posterior_of_other_data(model, fit):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_propensity_estimands_equal_hand_computation(model, propensity_fit):
     design = model.design
     posterior = propensity_fit.idata["posterior"].to_dataset()
@@ -158,6 +162,7 @@ def test_propensity_estimands_equal_hand_computation(model, propensity_fit):
     np.testing.assert_allclose(propensity_fit.weights, expected, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_bootstrap_weights_sum_to_group_sizes_and_multiply_both_arms(model, fit):
     design = model.design
     posterior = fit.idata["posterior"].to_dataset()
@@ -184,6 +189,7 @@ def test_bootstrap_weights_sum_to_group_sizes_and_multiply_both_arms(model, fit)
         np.testing.assert_allclose(estimands["treated_weight"].sel(selected), treated_sums)
 
 
+@pytest.mark.slow
 def test_bootstrap_adds_outcome_noise_and_is_reproducible(model, fit, propensity_fit):
     # Outcome noise widens every interval beyond the propensity-only one.
     assert fit.att.loc["att", "sd"] > 1.2 * propensity_fit.att.loc["att", "sd"]
@@ -196,6 +202,7 @@ def test_bootstrap_adds_outcome_noise_and_is_reproducible(model, fit, propensity
     assert fit.idata["estimands"].attrs["random_seed"] == str(SEED)
 
 
+@pytest.mark.slow
 def test_ate_reweights_both_arms_to_the_whole_sample(model, fit):
     design = model.design
     result = from_idata(model.design, fit.idata, uncertainty="propensity", estimand="ate")
@@ -221,6 +228,7 @@ def test_ate_reweights_both_arms_to_the_whole_sample(model, fit):
 
 
 # Bambi 0.21 trips a pandas 3 deprecation of its own; not ours to fix.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 def test_bernoulli_posterior_agrees_with_bambi():
     bmb = pytest.importorskip("bambi")
@@ -335,6 +343,7 @@ def one_arm_fit():
     return model, result, [str(w.message) for w in caught if w.category is HierpsWarning]
 
 
+@pytest.mark.slow
 def test_group_without_controls_has_nan_catt_and_leaves_the_att(one_arm_fit):
     model, result, messages = one_arm_fit
     n_left_out = int((model.data["school"] == "s001").sum())
@@ -356,6 +365,7 @@ def test_group_without_controls_has_nan_catt_and_leaves_the_att(one_arm_fit):
     assert np.isfinite(result.att.loc["att", "mean"])
 
 
+@pytest.mark.slow
 def test_group_without_controls_is_left_out_of_the_ate_with_a_count(one_arm_fit):
     model, result, _ = one_arm_fit
     n_units = int((model.data["school"] == "s001").sum())
@@ -364,6 +374,7 @@ def test_group_without_controls_is_left_out_of_the_ate_with_a_count(one_arm_fit)
     assert np.isnan(ate.cate.loc["s001", "mean"]) and np.isfinite(ate.ate.loc["ate", "mean"])
 
 
+@pytest.mark.slow
 def test_calibrated_loss_without_outcome_samples_with_the_pymc_sampler():
     """No outcome is needed to sample; weights are exp(η) of the generalized posterior."""
     frame, roles = make_frame(seed=5, sizes=(20, 40), n_groups=4, n_unit=1, n_group=0)
@@ -452,6 +463,7 @@ def test_sampling_problems_name_parameters_and_fixes():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_table_and_weight_correlation(model, fit):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HierpsWarning)
@@ -474,6 +486,7 @@ def test_compare_table_and_weight_correlation(model, fit):
     assert table.attrs["ci_prob"] == 0.9
 
 
+@pytest.mark.slow
 def test_compare_flags_unknown_groups_and_checks_its_inputs(model, fit, one_arm_fit):
     other_model, one_arm, _ = one_arm_fit
     with warnings.catch_warnings():
@@ -491,6 +504,7 @@ def test_compare_flags_unknown_groups_and_checks_its_inputs(model, fit, one_arm_
         compare(map_fit, ate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["h5netcdf", None])
 def test_round_trip_through_netcdf(model, fit, tmp_path, engine):
     path = tmp_path / "posterior.nc"

@@ -10,10 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
+from helpers import hand_built_posterior, make_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from posterior_helpers import hand_built_posterior
 from scipy.optimize import linprog
 
 import hierps
@@ -273,7 +272,7 @@ def test_bad_arguments_are_named(study_fit):
 
 
 def test_posterior_with_bayesian_bootstrap_uses_the_stored_bootstrap_weights(study_fit):
-    from posterior_helpers import hand_built_tree
+    from helpers import hand_built_tree
 
     from hierps.posterior.draws import from_idata
 

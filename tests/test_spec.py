@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import write
 
 from hierps.workflow.spec import SpecError, load_data, read_spec
 
@@ -39,12 +40,6 @@ def test_derived_columns_follow_r_conventions():
     row = frame.iloc[0]
     assert row["strata"] == f"{row['age_cat']}:{row['sex']}"
     assert frame.loc[frame["age"] == 39, "age_cat"].eq("< 40 years").all()
-
-
-def write(tmp_path, text):
-    path = tmp_path / "model.toml"
-    path.write_text(text)
-    return path
 
 
 def test_wrong_type_names_key_and_line(tmp_path):

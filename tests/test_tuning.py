@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_frame
+from helpers import make_frame
 
 import hierps
 

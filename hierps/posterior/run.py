@@ -148,10 +148,6 @@ def sample(
             "hierps_target_accept": float(target_accept),
         }
     )
-    diagnosis = diagnose(idata)
-    problems = diagnosis.problems
-    for message in problems:
-        warn(message)
     result = from_idata(
         design,
         idata,
@@ -160,7 +156,11 @@ def sample(
         random_seed=seeds,
         store_weights=store_weights,
     )
-    result.problems = problems
+    # Judged with the effects in place, so the warnings are exactly what diagnose(result) and
+    # the report say about this run.
+    result.problems = diagnose(result).problems
+    for message in result.problems:
+        warn(message)
     return result
 
 
