@@ -40,6 +40,8 @@ _LAZY = {
     "stand": "hierps.natstrat.constraints",
     "ConstraintFit": "hierps.natstrat.weights",
     "constraint_weights": "hierps.natstrat.weights",
+    "OptimizeControlsResult": "hierps.natstrat.optimize",
+    "optimize_controls": "hierps.natstrat.optimize",
     "SavedAnalysis": "hierps.workflow.storage",
     "load": "hierps.workflow.storage",
 }
@@ -57,6 +59,7 @@ __all__ = [
     "HierpsWarning",
     "MapResult",
     "Model",
+    "OptimizeControlsResult",
     "OutcomeModel",
     "PooledCATT",
     "PosteriorResult",
@@ -73,6 +76,7 @@ __all__ = [
     "fit_outcome_model",
     "generate_constraints",
     "load",
+    "optimize_controls",
     "plots",
     "pool_catt",
     "pooling_path",
@@ -108,6 +112,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from hierps.mcmc.diagnosis import Diagnosis, diagnose
     from hierps.model import Model
     from hierps.natstrat.constraints import Constraints, generate_constraints, stand
+    from hierps.natstrat.optimize import OptimizeControlsResult, optimize_controls
     from hierps.natstrat.weights import ConstraintFit, constraint_weights
     from hierps.posterior.result import PosteriorResult
     from hierps.posterior.run import sample
