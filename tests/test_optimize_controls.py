@@ -36,7 +36,9 @@ def make_problem(
             z += [group] * (count + extra)
             st += [stratum] * (count + extra)
     n = len(z)
-    X = pd.DataFrame(rng.normal(size=(n, 4)), columns=["w", "x", "y", "u"])
+    # Non-treated units sit higher, so that balance is not free.
+    shift = 0.8 * (np.array(z) != 1)[:, None]
+    X = pd.DataFrame(rng.normal(size=(n, 4)) + shift, columns=["w", "x", "y", "u"])
     X.loc[rng.random(n) < 0.1, "y"] = np.nan
     X["u"] = (rng.random(n) < 0.4).astype(float)
     index = pd.Index([f"unit{i}" for i in range(n)], name="id")

@@ -72,7 +72,8 @@ class OptimizeControlsResult:
         comparison, the main one first.
     rrdetails
         ``seed``, ``run_objectives`` and ``run_objectives_wo_importances`` (Series indexed
-        by run) of the randomized rounding, and ``method`` (how sizes were kept).
+        by run) of the randomized rounding, ``method`` (how sizes were kept) and ``seconds``
+        spent rounding (all runs, fitting the sampling designs included).
     lpdetails
         ``objective``, ``objective_wo_importances``, ``eps`` (and ``eps_star``) of the
         linear program's solution, the solver's ``solver_objective``, ``status`` and
@@ -415,6 +416,7 @@ def optimize_controls(
     rng = np.random.default_rng(seed)
     pr = np.round(a, 5)
     exact = correct_sizes and n_comp == 1
+    start = time.perf_counter()
     cells = _cell_designs(pr[0], design) if exact and not integer else []
     best: tuple[float, float, np.ndarray, np.ndarray] | None = None
     run_objectives, run_plain = [], []
@@ -433,6 +435,7 @@ def optimize_controls(
         if best is None or objective < best[0]:
             best = (objective, plain, imbalance, selection)
     assert best is not None
+    rounding_seconds = time.perf_counter() - start
     objective, plain, imbalance, selection = best
     eps = _eps_frames(imbalance, names, n_comp)
     run_index = pd.RangeIndex(1, len(run_objectives) + 1, name="run")
@@ -445,6 +448,7 @@ def optimize_controls(
         "run_objectives_wo_importances": pd.Series(
             run_plain, index=run_index, name="objective_wo_importances"
         ),
+        "seconds": rounding_seconds,
     }
     selected = [pd.Series(selection[c], index=index, name="selected") for c in range(n_comp)]
     prs = [pd.Series(pr[c], index=index, name="pr") for c in range(n_comp)]

@@ -17,7 +17,6 @@ quickly in floating point.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
 from hierps.exceptions import ConvergenceError
 
@@ -75,7 +74,9 @@ def cps_inclusion_probabilities(log_w: np.ndarray, size: int) -> np.ndarray:
     prefix = _prefix_table(log_w, size)
     # e_{n-1}(w without i) = sum_j e_j(w_0..w_{i-1}) e_{n-1-j}(w_{i+1}..w_{m-1}).
     pairs = prefix[:-1, :size] + suffix[1:, :size][:, ::-1]
-    return np.exp(log_w + logsumexp(pairs, axis=1) - suffix[0, size])
+    peak = pairs.max(axis=1)
+    total = peak + np.log(np.exp(pairs - peak[:, None]).sum(axis=1))
+    return np.exp(log_w + total - suffix[0, size])
 
 
 def _fit_log_weights(pi: np.ndarray, size: int) -> np.ndarray:
@@ -109,7 +110,7 @@ def _fit_log_weights(pi: np.ndarray, size: int) -> np.ndarray:
         if best[2] >= error:
             best = log_step
         # Only ratios of weights matter: recentre to keep the logs bounded.
-        log_w, current, error = best[0] - np.median(best[0]), best[1], best[2]
+        log_w, current, error = best[0] - best[0].mean(), best[1], best[2]
     if error < _ACCEPTABLE_ERROR:
         return log_w
     raise ConvergenceError(
