@@ -40,6 +40,8 @@ _LAZY = {
     "stand": "hierps.natstrat.constraints",
     "ConstraintFit": "hierps.natstrat.weights",
     "constraint_weights": "hierps.natstrat.weights",
+    "BalanceCheck": "hierps.natstrat.check",
+    "check_balance": "hierps.natstrat.check",
     "OptimizeControlsResult": "hierps.natstrat.optimize",
     "optimize_controls": "hierps.natstrat.optimize",
     "SavedAnalysis": "hierps.workflow.storage",
@@ -48,6 +50,7 @@ _LAZY = {
 _SUBMODULES = ("datasets", "plots")
 
 __all__ = [
+    "BalanceCheck",
     "BalanceTable",
     "ConstraintFit",
     "Constraints",
@@ -68,6 +71,7 @@ __all__ = [
     "augment",
     "balance_table",
     "build_pymc",
+    "check_balance",
     "compare",
     "constraint_weights",
     "datasets",
@@ -111,6 +115,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from hierps.effects.outcome import OutcomeModel, fit_outcome_model
     from hierps.mcmc.diagnosis import Diagnosis, diagnose
     from hierps.model import Model
+    from hierps.natstrat.check import BalanceCheck, check_balance
     from hierps.natstrat.constraints import Constraints, generate_constraints, stand
     from hierps.natstrat.optimize import OptimizeControlsResult, optimize_controls
     from hierps.natstrat.weights import ConstraintFit, constraint_weights
