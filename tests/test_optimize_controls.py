@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 
 import hierps
-from hierps.exceptions import DataError, HierpsWarning
+from hierps.exceptions import DataError
 from hierps.natstrat.optimize import OptimizeControlsResult, optimize_controls
 from hierps.natstrat.rounding import (
     ConditionalPoisson,
     _fit_log_weights,
     conditional_poisson_sample,
     cps_inclusion_probabilities,
+    dependent_rounding,
 )
 
 STRATA = ["a", "b", "c"]
@@ -120,18 +121,18 @@ def test_lp_with_supplemental_comparison_matches_cvxpy(seed: int) -> None:
     q_star = pd.DataFrame(
         [[2, 2, 2], [0, 0, 0], [1, 1, 1]], index=[0, 1, 2], columns=pd.Index(STRATA)
     )
-    with pytest.warns(HierpsWarning, match="expectation"):
-        result = optimize_controls(
-            z,
-            X,
-            st,
-            importances=importances,
-            ratio=[1.0, 1.0, 1.0],
-            treated_star=2,
-            q_star_s=q_star,
-            weight_star=0.5,
-            seed=seed,
-        )
+    result = optimize_controls(
+        z,
+        X,
+        st,
+        importances=importances,
+        ratio=[1.0, 1.0, 1.0],
+        treated_star=2,
+        q_star_s=q_star,
+        weight_star=0.5,
+        seed=seed,
+        runs=3,
+    )
     q_main = np.round(np.outer([1.0, 1.0, 1.0], n_s[1]))
     expected = reference_objective(
         z, X, st, importances, [q_main, q_star.to_numpy().astype(float)], [1.0, 0.5]
@@ -140,11 +141,15 @@ def test_lp_with_supplemental_comparison_matches_cvxpy(seed: int) -> None:
     # A unit serves at most one comparison, in the program and after rounding.
     assert (result.pr + result.pr_star[0]).max() <= 1.0 + 1e-9
     assert not (result.selected & result.selected_star[0]).any()
+    # Dependent rounding keeps every comparison's sizes exact.
+    assert result.rrdetails["method"] == "dependent rounding"
+    for chosen, q in zip((result.selected, *result.selected_star), result.sizes, strict=True):
+        taken = pd.crosstab(z[chosen], st[chosen]).reindex(
+            index=q.index, columns=STRATA, fill_value=0
+        )
+        np.testing.assert_array_equal(taken.to_numpy(), q.to_numpy())
     # The objective sums the comparisons' weighted imbalances.
-    for eps, lp_eps in [
-        (result.eps, result.lpdetails["eps"]),
-    ]:
-        assert len(eps) == len(lp_eps) == 3 * len(X.columns)
+    assert len(result.eps) == len(result.lpdetails["eps"]) == 3 * len(X.columns)
     lp_total = eps_identity(result, result.lpdetails["eps"]) + 0.5 * eps_identity(
         result, result.lpdetails["eps_star"][0]
     )
@@ -241,6 +246,43 @@ def test_cps_fits_the_inclusion_probabilities() -> None:
     extreme = np.r_[np.full(30, 0.99999), np.full(30, 0.00001)]
     log_w = _fit_log_weights(extreme, 30)
     np.testing.assert_allclose(cps_inclusion_probabilities(log_w, 30), extreme, atol=1e-7)
+
+
+def test_independent_rounding_without_correct_sizes() -> None:
+    z, X, st, importances = make_problem(5, 3, per_cell=(3, 10, 6))
+    q_star = pd.DataFrame([[2, 2, 2], [0, 0, 0], [1, 1, 1]], index=[0, 1, 2], columns=STRATA)
+    result = optimize_controls(
+        z,
+        X,
+        st,
+        importances=importances,
+        ratio=1.0,
+        treated_star=2,
+        q_star_s=q_star,
+        seed=1,
+        correct_sizes=False,
+    )
+    assert result.rrdetails["method"] == "independent per unit"
+    assert not (result.selected & result.selected_star[0]).any()
+    assert result.selected[z == 1].all()  # treated units are at 1 in the main comparison
+    assert eps_identity(result, result.eps) + eps_identity(
+        result, result.eps_star[0]
+    ) == pytest.approx(result.objective, abs=1e-9)
+
+
+def test_dependent_rounding_keeps_sums_and_marginals() -> None:
+    rng = np.random.default_rng(2)
+    # A mixture of assignments of 3 units to comparison 0 and 4 to comparison 1 out of 10.
+    table = np.zeros((10, 2))
+    for weight in rng.dirichlet(np.ones(4)):
+        units = rng.permutation(10)
+        table[units[:3], 0] += weight
+        table[units[3:7], 1] += weight
+    draws = np.array([dependent_rounding(table, rng) for _ in range(3_000)])
+    assert (draws.sum(axis=1) == [3, 4]).all()
+    assert (draws.sum(axis=2) <= 1).all()
+    # 3 000 draws: standard error at most 0.0092, so 0.04 is over 4 standard errors.
+    np.testing.assert_allclose(draws.mean(axis=0), table, atol=0.04)
 
 
 def test_cps_sample_has_fixed_size_and_right_frequencies() -> None:

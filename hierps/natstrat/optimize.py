@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,11 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from hierps.exceptions import ConvergenceError, DataError, check_choice, warn
 from hierps.natstrat.constraints import _r_label
-from hierps.natstrat.rounding import ConditionalPoisson, round_by_expectation
+from hierps.natstrat.rounding import (
+    ConditionalPoisson,
+    dependent_rounding,
+    round_by_expectation,
+)
 from hierps.natstrat.sizes import Design, check_total, main_sizes, make_design, star_sizes
 
 __all__ = ["OptimizeControlsResult", "optimize_controls"]
@@ -281,12 +286,39 @@ def _eps_names(columns: pd.Index, groups: list[Any]) -> pd.Index:
     return pd.Index(names, name="constraint")
 
 
-def _cell_designs(pr: np.ndarray, design: Design) -> list[tuple[np.ndarray, ConditionalPoisson]]:
-    """Units of each group × stratum cell with its sampling design for the values ``pr``."""
+def _cells(design: Design) -> list[np.ndarray]:
+    """Units of each non-empty group × stratum cell."""
     cells = design.group_codes * len(design.strata) + design.stratum_codes
     order = np.argsort(cells, kind="stable")
-    boundaries = np.flatnonzero(np.diff(cells[order])) + 1
-    return [(members, ConditionalPoisson(pr[members])) for members in np.split(order, boundaries)]
+    return np.split(order, np.flatnonzero(np.diff(cells[order])) + 1)
+
+
+def _rounder(
+    a: np.ndarray, pr: np.ndarray, design: Design, exact: bool
+) -> tuple[str, Callable[[np.random.Generator], np.ndarray]]:
+    """The rounding method's name and a function drawing one selection."""
+    if not exact:
+        return "independent per unit", lambda rng: round_by_expectation(pr, rng)
+    cells = _cells(design)
+    if a.shape[0] == 1:
+        samplers = [(members, ConditionalPoisson(pr[0, members])) for members in cells]
+
+        def draw_cps(rng: np.random.Generator) -> np.ndarray:
+            selection = np.zeros(pr.shape, dtype=bool)
+            for members, sampler in samplers:
+                selection[0, members] = sampler.sample(rng)
+            return selection
+
+        return "conditional Poisson", draw_cps
+
+    def draw_dependent(rng: np.random.Generator) -> np.ndarray:
+        # Unrounded values: their cell sums are the sizes up to the solver's tolerance.
+        selection = np.zeros(a.shape, dtype=bool)
+        for members in cells:
+            selection[:, members] = dependent_rounding(a[:, members].T, rng).T
+        return selection
+
+    return "dependent rounding", draw_dependent
 
 
 def optimize_controls(
@@ -346,10 +378,11 @@ def optimize_controls(
         Seconds allowed to the solver; ``None`` for no limit.
     correct_sizes
         ``True``: each group × stratum gets exactly its size, the fractional units being
-        drawn by conditional Poisson sampling with the linear-program values as inclusion
-        probabilities. ``False``: each unit is drawn independently (sizes right in
-        expectation). With supplemental comparisons only the latter is available, as in
-        natstrat (with a warning when ``correct_sizes`` is ``True``).
+        drawn with the linear-program values as inclusion probabilities: by conditional
+        Poisson sampling with one comparison, by dependent rounding (which also keeps units
+        in one comparison) with supplemental comparisons, where natstrat keeps sizes only
+        in expectation. ``False``: each unit is drawn independently (natstrat's
+        ``randomized_rounding_expectation``; sizes right in expectation).
 
     Returns
     -------
@@ -385,11 +418,6 @@ def optimize_controls(
     check_total(sizes, design)
     comparison_weights = [1.0, *star_w]
     n_comp, n = len(sizes), values.shape[0]
-    if n_comp > 1 and correct_sizes and not integer:
-        warn(
-            "with supplemental comparisons sizes are kept only in expectation; "
-            "correct_sizes=True is ignored"
-        )
 
     program = _build_program(values, design, sizes, comparison_weights, weights_j.to_numpy())
     solution, solve_details = _solve(program, integer, solver, time_limit)
@@ -415,20 +443,12 @@ def optimize_controls(
         seed = int(np.random.default_rng().integers(1, 1_000_001))
     rng = np.random.default_rng(seed)
     pr = np.round(a, 5)
-    exact = correct_sizes and n_comp == 1
     start = time.perf_counter()
-    cells = _cell_designs(pr[0], design) if exact and not integer else []
+    method, draw = ("integer program", None) if integer else _rounder(a, pr, design, correct_sizes)
     best: tuple[float, float, np.ndarray, np.ndarray] | None = None
     run_objectives, run_plain = [], []
     for _ in range(1 if integer else runs):
-        if integer:
-            selection = pr > 0.5
-        elif exact:
-            selection = np.zeros(pr.shape, dtype=bool)
-            for members, sampler in cells:
-                selection[0, members] = sampler.sample(rng)
-        else:
-            selection = round_by_expectation(pr, rng)
+        selection = pr > 0.5 if draw is None else draw(rng)
         objective, plain, imbalance = evaluate(selection)
         run_objectives.append(objective)
         run_plain.append(plain)
@@ -441,9 +461,7 @@ def optimize_controls(
     run_index = pd.RangeIndex(1, len(run_objectives) + 1, name="run")
     rrdetails = {
         "seed": seed,
-        "method": "integer program"
-        if integer
-        else ("conditional Poisson" if exact else "independent per unit"),
+        "method": method,
         "run_objectives": pd.Series(run_objectives, index=run_index, name="objective"),
         "run_objectives_wo_importances": pd.Series(
             run_plain, index=run_index, name="objective_wo_importances"

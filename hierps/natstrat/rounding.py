@@ -16,6 +16,8 @@ quickly in floating point.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from hierps.exceptions import ConvergenceError
@@ -24,6 +26,7 @@ __all__ = [
     "ConditionalPoisson",
     "conditional_poisson_sample",
     "cps_inclusion_probabilities",
+    "dependent_rounding",
     "round_by_expectation",
 ]
 
@@ -225,3 +228,93 @@ def round_by_expectation(pr: np.ndarray, rng: np.random.Generator) -> np.ndarray
     chosen = choice < n_comp
     selected[choice[chosen], np.flatnonzero(chosen)] = True
     return selected
+
+
+_SNAP = 1e-6
+
+
+def dependent_rounding(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Round a units × comparisons table keeping every row and column sum (bipartite rounding).
+
+    Parameters
+    ----------
+    values
+        Array (units, comparisons) in [0, 1]; each row sums to at most 1 and each column to
+        an integer (the comparison's size in this group × stratum).
+    rng
+        Source of randomness.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean array of the same shape: each unit in at most one comparison, each column
+        summing to its size, and ``P(unit i in comparison c) = values[i, c]``.
+
+    Notes
+    -----
+    Dependent rounding on a bipartite graph (Gandhi, Khuller, Parthasarathy & Srinivasan,
+    2006): units on one side, comparisons plus "not selected" on the other, an edge per
+    fractional value. While edges remain fractional, take a cycle (or a maximal path) of them,
+    split it into alternate edges and shift mass between the two halves by a random amount
+    chosen so that the expected change is zero and at least one edge becomes 0 or 1. Node
+    sums inside the cycle are unchanged, so sizes stay exact.
+    """
+    n_units, n_comp = values.shape
+    table = np.zeros((n_units, n_comp + 1))
+    table[:, :n_comp] = values
+    table[:, n_comp] = 1.0 - values.sum(axis=1)  # "not selected"
+    table[table < _SNAP] = 0.0
+    table[table > 1.0 - _SNAP] = 1.0
+    while True:
+        fractional = (table > 0.0) & (table < 1.0)
+        if not fractional.any():
+            break
+        edges = _cycle_or_path(fractional)
+        cells = tuple(np.array(edges).T)
+        sign = np.where(np.arange(len(edges)) % 2 == 0, 1.0, -1.0)
+        current = table[cells]
+        # Largest moves keeping every edge in [0, 1] along +sign (alpha) and -sign (beta).
+        alpha = np.min(np.where(sign > 0, 1.0 - current, current))
+        beta = np.min(np.where(sign > 0, current, 1.0 - current))
+        step = alpha if rng.random() < beta / (alpha + beta) else -beta
+        updated = current + step * sign
+        updated[np.abs(updated) < 1e-12] = 0.0
+        updated[np.abs(updated - 1.0) < 1e-12] = 1.0
+        table[cells] = np.clip(updated, 0.0, 1.0)
+    return table[:, :n_comp] > 0.5
+
+
+def _cycle_or_path(fractional: np.ndarray) -> list[tuple[int, int]]:
+    """Edges (unit, column) of a cycle of fractional edges, else of a maximal path.
+
+    Nodes are ``("u", i)`` for units and ``("c", j)`` for columns; consecutive edges share a
+    node, so alternate edges can take opposite shifts.
+    """
+
+    def neighbours(node: tuple[str, int]) -> list[tuple[str, int]]:
+        side, k = node
+        if side == "u":
+            return [("c", j) for j in np.flatnonzero(fractional[k])]
+        return [("u", i) for i in np.flatnonzero(fractional[:, k])]
+
+    def edge(a: tuple[str, int], b: tuple[str, int]) -> tuple[int, int]:
+        return (a[1], b[1]) if a[0] == "u" else (b[1], a[1])
+
+    def walk(start: tuple[str, int]) -> tuple[list[tuple[str, int]], bool]:
+        path, seen, previous = [start], {start: 0}, None
+        while True:
+            options = [n for n in neighbours(path[-1]) if n != previous]
+            if not options:
+                return path, False
+            previous, step = path[-1], options[0]
+            if step in seen:
+                return [*path[seen[step] :], step], True
+            seen[step] = len(path)
+            path.append(step)
+
+    first_unit = int(np.argwhere(fractional)[0, 0])
+    nodes, closed = walk(("u", first_unit))
+    if not closed:
+        # A dead end is a path's endpoint: walking from it gives a maximal path or a cycle.
+        nodes, _ = walk(nodes[-1])
+    return [edge(a, b) for a, b in itertools.pairwise(nodes)]
