@@ -347,3 +347,18 @@ def test_eps_rows_name_the_pairs_with_three_groups() -> None:
 def test_public_names() -> None:
     assert hierps.optimize_controls is optimize_controls
     assert hierps.OptimizeControlsResult is OptimizeControlsResult
+
+
+def test_integer_program_with_supplemental_comparison() -> None:
+    z, X, st, importances = make_problem(6, 3, per_cell=(3, 8, 6))
+    q_star = pd.DataFrame([[2, 2, 2], [0, 0, 0], [1, 1, 1]], index=[0, 1, 2], columns=STRATA)
+    arguments = dict(importances=importances, ratio=1.0, treated_star=2, q_star_s=q_star)
+    exact = optimize_controls(z, X, st, integer=True, **arguments)
+    relaxed = optimize_controls(z, X, st, seed=1, runs=10, **arguments)
+    assert relaxed.lpdetails["objective"] - 1e-7 <= exact.objective <= relaxed.objective + 1e-7
+    assert not (exact.selected & exact.selected_star[0]).any()
+    chosen = exact.selected_star[0]
+    taken = pd.crosstab(z[chosen], st[chosen]).reindex(
+        index=[0, 1, 2], columns=STRATA, fill_value=0
+    )
+    np.testing.assert_array_equal(taken.to_numpy(), q_star.to_numpy())
