@@ -362,3 +362,17 @@ def test_integer_program_with_supplemental_comparison() -> None:
         index=[0, 1, 2], columns=STRATA, fill_value=0
     )
     np.testing.assert_array_equal(taken.to_numpy(), q_star.to_numpy())
+
+
+def test_q_s_table_for_several_groups() -> None:
+    z, X, st, _ = make_problem(18, 3)
+    n_s = counts(z, st)
+    q_s = pd.DataFrame({"a": [3, 1], "b": [2, 2], "c": [1, 3]}, index=[0, 2])
+    result = optimize_controls(z, X, st, q_s=q_s, seed=1)
+    np.testing.assert_array_equal(result.sizes[0].loc[[0, 2]].to_numpy(), q_s.to_numpy())
+    np.testing.assert_array_equal(result.sizes[0].loc[1].to_numpy(), n_s[1])
+    wrong = pd.concat([q_s, pd.DataFrame({"a": [1], "b": [1], "c": [1]}, index=[1])])
+    with pytest.raises(DataError, match="keep every treated unit"):
+        optimize_controls(z, X, st, q_s=wrong)
+    with pytest.raises(DataError, match="no column for stratum 'c'"):
+        optimize_controls(z, X, st, q_s=q_s[["a", "b"]])

@@ -81,8 +81,9 @@ class OptimizeControlsResult:
         spent rounding (all runs, fitting the sampling designs included).
     lpdetails
         ``objective``, ``objective_wo_importances``, ``eps`` (and ``eps_star``) of the
-        linear program's solution, the solver's ``solver_objective``, ``status`` and
-        ``message``, and ``seconds`` spent solving.
+        linear program's solution (of the integer program's with ``integer=True``), the
+        solver's ``solver_objective``, ``status`` and ``message``, and ``seconds`` spent
+        solving.
     """
 
     objective: float
@@ -369,7 +370,8 @@ def optimize_controls(
         Solve the mixed-integer program (binary selection) instead of rounding the linear
         program.
     solver
-        HiGHS method for the linear program: ``"highs"``, ``"highs-ds"`` or ``"highs-ipm"``.
+        HiGHS method for the linear program: ``"highs"``, ``"highs-ds"`` or ``"highs-ipm"``
+        (the integer program always uses HiGHS' branch and bound).
     seed
         Seed of the randomized rounding; drawn (and reported) when ``None``.
     runs
