@@ -228,6 +228,7 @@ def _solve(
         if program.A_ub is not None:
             constraints.append(LinearConstraint(program.A_ub, -np.inf, 1.0))
         integrality = np.r_[np.ones(program.n_a), np.zeros(program.n_eps)]
+        # Solved to optimality, as natstrat's default GLPK does, not to HiGHS' 1e-4 gap.
         result = milp(
             program.cost,
             constraints=constraints,
