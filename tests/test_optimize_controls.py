@@ -9,6 +9,8 @@ import cvxpy as cp
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st_
 
 import hierps
 from hierps.exceptions import DataError
@@ -283,6 +285,38 @@ def test_dependent_rounding_keeps_sums_and_marginals() -> None:
     assert (draws.sum(axis=2) <= 1).all()
     # 3 000 draws: standard error at most 0.0092, so 0.04 is over 4 standard errors.
     np.testing.assert_allclose(draws.mean(axis=0), table, atol=0.04)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    raw=st_.lists(st_.floats(min_value=0.001, max_value=0.999), min_size=2, max_size=60),
+    fraction=st_.floats(min_value=0.05, max_value=0.95),
+    seed=st_.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_cps_design_matches_any_inclusion_probabilities(
+    raw: list[float], fraction: float, seed: int
+) -> None:
+    # Shift the logits so that the probabilities sum to an integer size, then round to 5
+    # decimals as the linear program's values are.
+    logits = np.log(raw) - np.log1p(-np.array(raw))
+    size = max(1, min(len(raw) - 1, round(fraction * len(raw))))
+    low, high = -60.0, 60.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        total = (1 / (1 + np.exp(-(logits + middle)))).sum()
+        low, high = (middle, high) if total < size else (low, middle)
+    pi = np.round(1 / (1 + np.exp(-(logits + middle))), 5)
+    assume(abs(pi.sum() - size) < 1e-3)
+    design = ConditionalPoisson(pi)
+    drawn = design.sample(np.random.default_rng(seed))
+    assert drawn.sum() == size
+    assert drawn[pi == 1].all() and not drawn[pi == 0].any()
+    fractional = (pi > 0) & (pi < 1)
+    needed = size - int((pi == 1).sum())
+    if 0 < needed < fractional.sum():
+        target = pi[fractional] * needed / pi[fractional].sum()
+        fitted = cps_inclusion_probabilities(design._log_w, needed)
+        np.testing.assert_allclose(fitted, target, atol=1e-7)
 
 
 def test_cps_sample_has_fixed_size_and_right_frequencies() -> None:
