@@ -44,12 +44,17 @@ _LAZY = {
     "stand": "hierps.natstrat.constraints",
     "ConstraintFit": "hierps.natstrat.weights",
     "constraint_weights": "hierps.natstrat.weights",
+    "BalanceCheck": "hierps.natstrat.check",
+    "check_balance": "hierps.natstrat.check",
+    "OptimizeControlsResult": "hierps.natstrat.optimize",
+    "optimize_controls": "hierps.natstrat.optimize",
     "SavedAnalysis": "hierps.workflow.storage",
     "load": "hierps.workflow.storage",
 }
 _SUBMODULES = ("datasets", "plots")
 
 __all__ = [
+    "BalanceCheck",
     "BalanceTable",
     "ConstraintFit",
     "Constraints",
@@ -61,6 +66,7 @@ __all__ = [
     "HierpsWarning",
     "MapResult",
     "Model",
+    "OptimizeControlsResult",
     "OutcomeModel",
     "PooledCATT",
     "PosteriorResult",
@@ -69,6 +75,7 @@ __all__ = [
     "augment",
     "balance_table",
     "build_pymc",
+    "check_balance",
     "compare",
     "constraint_weights",
     "datasets",
@@ -78,6 +85,7 @@ __all__ = [
     "fit_outcome_model",
     "generate_constraints",
     "load",
+    "optimize_controls",
     "overlap",
     "plots",
     "pool_catt",
@@ -118,7 +126,9 @@ if TYPE_CHECKING:  # static analysers see the real names
     from hierps.effects.sensitivity import robustness_value, sensitivity
     from hierps.mcmc.diagnosis import Diagnosis, diagnose
     from hierps.model import Model
+    from hierps.natstrat.check import BalanceCheck, check_balance
     from hierps.natstrat.constraints import Constraints, generate_constraints, stand
+    from hierps.natstrat.optimize import OptimizeControlsResult, optimize_controls
     from hierps.natstrat.weights import ConstraintFit, constraint_weights
     from hierps.posterior.result import PosteriorResult
     from hierps.posterior.run import sample

@@ -448,8 +448,7 @@ def test_duplicate_constraints_raise(toy: pd.DataFrame) -> None:
 @pytest.mark.parametrize(
     ("z", "treated", "message"),
     [
-        (np.r_[np.zeros(10), np.ones(3), np.full(2, 2)], 1, "two distinct values"),
-        (np.ones(15), 1, "two distinct values"),
+        (np.ones(15), 1, "at least 2 distinct values"),
         (np.r_[np.zeros(10), np.ones(5)], 2, "not among the values"),
         (np.r_[np.zeros(10), np.ones(4)], 1, "14 entries"),
         (np.r_[np.zeros(10), np.ones(4), np.nan], 1, "missing"),
@@ -521,3 +520,121 @@ def test_intercept_only_columns_equal_stand(
     else:
         np.testing.assert_array_equal(result.X["x_missing_1"].to_numpy(), expected.missingness)
         assert result.importances["x_missing_1"] == 50
+
+
+# --- several treatment groups ---------------------------------------------------------------
+
+
+def _r_stand(
+    z: np.ndarray, x: np.ndarray, denom: str, treated: object
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Line-by-line transcription of natstrat 2.0.1's ``stand`` (R/stand.R), for reference."""
+    levels = sorted(set(z.tolist()))
+
+    def var(v: np.ndarray) -> float:  # R's var(na.rm = TRUE) with NA -> 0
+        v = v[~np.isnan(v)]
+        return float(np.var(v, ddof=1)) if len(v) > 1 else 0.0
+
+    variances = np.array([var(x[z == g]) for g in levels])
+    if denom == "treated":
+        scl = np.sqrt(variances[levels.index(treated)])
+        if scl == 0:
+            denom = "pooled"
+    if denom == "pooled":
+        scl = np.sqrt(variances.mean())
+    miss = np.isnan(x).astype(float)
+    if not miss.any():
+        return x / scl, None
+    pooled_miss = np.sqrt(np.mean([var(miss[z == g]) for g in levels]))
+    scl_miss = pooled_miss
+    if denom == "treated":
+        scl_miss = np.sqrt(var(miss[z == treated])) or pooled_miss
+    return x / scl, miss / scl_miss
+
+
+def _r_toy_X(toy: pd.DataFrame, z: np.ndarray, denom: str, treated: object) -> pd.DataFrame:
+    """natstrat's X for ``color + number ~ category`` built from :func:`_r_stand`."""
+    populations = {"1": np.ones(len(toy), bool)}
+    for level in ("1", "2"):
+        populations[f"category{level}"] = toy["category"].eq(level).to_numpy()
+    columns: dict[str, np.ndarray] = {}
+    covariates = {"number": toy["number"].to_numpy(dtype=float)}
+    for colour in ("Blue", "Red", "White"):
+        covariates[f"color{colour}"] = toy["color"].eq(colour).to_numpy(dtype=float)
+    for name, x in covariates.items():
+        covariate, missingness = _r_stand(z, x, denom, treated)
+        for label, inside in populations.items():
+            columns[f"{name}_{label}"] = np.where(inside, covariate, 0.0)
+            if missingness is not None:
+                columns[f"{name}_missing_{label}"] = np.where(inside, missingness, 0.0)
+    return pd.DataFrame(columns)
+
+
+def _three_groups(toy: pd.DataFrame) -> np.ndarray:
+    # Controls split in two groups ("2": rows 0-4, "0": rows 5-9); treated stay 1.
+    return np.r_[np.full(5, 2.0), np.zeros(5), np.ones(5)].astype(int)
+
+
+def test_transcribed_r_stand_reproduces_two_group_fixtures(toy: pd.DataFrame) -> None:
+    z = toy["z"].to_numpy()
+    for denom, fixture in [("treated", "toy_X_default.csv"), ("pooled", "toy_X_pooled.csv")]:
+        expected = pd.read_csv(FIXTURES / fixture)
+        reference = _r_toy_X(toy, z, denom, 1)[expected.columns]
+        assert_X_matches(reference, expected)
+
+
+@pytest.mark.parametrize("denom", ["treated", "pooled"])
+@pytest.mark.parametrize("treated", [1, 2])
+def test_three_groups_match_r(denom: str, treated: int, toy: pd.DataFrame) -> None:
+    z = _three_groups(toy)
+    result = _quiet([TOY_FORMULA], z, toy, denom_variance=denom, treated=treated)
+    expected = _r_toy_X(toy, z, denom, treated)
+    assert set(result.X.columns) == set(expected.columns)
+    assert_X_matches(result.X, expected[result.X.columns])
+
+
+def test_three_groups_change_only_the_scale(toy: pd.DataFrame) -> None:
+    # number has positive treated variance: its columns are the two-group ones exactly.
+    two = _quiet([TOY_FORMULA], toy["z"], toy)
+    three = _quiet([TOY_FORMULA], _three_groups(toy), toy)
+    assert list(three.X.columns) == list(two.X.columns)
+    for column in ["number_1", "number_category1", "number_category2"]:
+        np.testing.assert_array_equal(three.X[column], two.X[column])
+    # colorBlue has no treated variance, so the pooled SD over three groups is used:
+    # variances 0.3 (rows 5-9, three Blue), 0 (treated), 0 (rows 0-4) -> sqrt(0.1).
+    blue = toy["color"].eq("Blue").to_numpy(dtype=float)
+    np.testing.assert_allclose(three.X["colorBlue_1"], blue / np.sqrt(0.1), atol=1e-12)
+    pd.testing.assert_series_equal(three.importances, two.importances)
+
+
+def test_three_groups_weight_by_size_counts_treated(toy: pd.DataFrame) -> None:
+    # Treated counts per category are 2 and 3 whatever the number of control groups.
+    two = _quiet([TOY_FORMULA], toy["z"], toy, weight_by_size=1)
+    three = _quiet([TOY_FORMULA], _three_groups(toy), toy, weight_by_size=1)
+    pd.testing.assert_series_equal(three.importances, two.importances)
+    assert two.importances["number_category1"] == pytest.approx(2.5 / 2)
+    assert two.importances["number_category2"] == pytest.approx(2.5 / 3)
+    # With group 2 (rows 0-4) as the treated group: counts 3 (category 1) and 2 (category 2).
+    other = _quiet([TOY_FORMULA], _three_groups(toy), toy, weight_by_size=1, treated=2)
+    assert other.importances["number_category1"] == pytest.approx(2.5 / 3)
+    assert other.importances["number_category2"] == pytest.approx(2.5 / 2)
+
+
+def test_stand_three_groups_by_hand() -> None:
+    z = np.array(["a", "a", "a", "b", "b", "c", "c", "c", "c"])
+    x = np.array([1.0, 2.0, 3.0, 5.0, np.nan, 0.0, 2.0, 4.0, np.nan])
+    # Variances: a 1, b undefined (one value) -> 0, c 4.
+    treated = stand(z, x, treated="c")
+    assert treated.scale == pytest.approx(2.0)
+    # Missingness variances: a 0, b 0.5, c 0.25; treated c -> sqrt(0.25).
+    assert treated.missingness_scale == pytest.approx(0.5)
+    pooled = stand(z, x, denom_variance="pooled", treated="c")
+    assert pooled.scale == pytest.approx(np.sqrt(5 / 3))
+    assert pooled.missingness_scale == pytest.approx(np.sqrt(0.75 / 3))
+    # Treated group a has no missing values: its missingness falls back to pooled.
+    assert stand(z, x, treated="a").missingness_scale == pytest.approx(np.sqrt(0.75 / 3))
+    with pytest.warns(HierpsWarning, match="no variance among treated"):
+        fallback = stand(z, x, treated="b")
+    assert fallback.scale == pytest.approx(np.sqrt(5 / 3))
+    # No centering: the covariate is only divided.
+    np.testing.assert_allclose(treated.covariate, x / 2.0)

@@ -124,7 +124,7 @@ def stand(
     """
     _check_options(denom_variance, 0.0, autogen_missing)
     values = _numeric_values(x, "x")
-    groups, is_treated = _treatment_groups(z, treated, len(values), require_binary=False)
+    groups, is_treated = _treatment_groups(z, treated, len(values), min_groups=1)
     label = str(x.name) if isinstance(x, pd.Series) and x.name is not None else "x"
     result = _standardize(values, groups, is_treated, denom_variance, autogen_missing, label)
     if result is None:
@@ -204,9 +204,9 @@ def _check_options(
 
 
 def _treatment_groups(
-    z: Any, treated: Any, n: int, *, require_binary: bool
+    z: Any, treated: Any, n: int, *, min_groups: int
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Masks of each treatment group and of the treated group."""
+    """Masks of each treatment group (sorted levels) and of the treated group."""
     z_values = z.to_numpy() if isinstance(z, pd.Series | pd.Index) else np.asarray(z)
     if z_values.ndim != 1:
         raise DataError(f"z must be one-dimensional, got shape {z_values.shape}")
@@ -216,9 +216,9 @@ def _treatment_groups(
         raise DataError("z has missing values")
     codes, uniques = pd.factorize(z_values, sort=True)
     levels = list(uniques)
-    if require_binary and len(levels) != 2:
+    if len(levels) < min_groups:
         raise DataError(
-            f"z must have exactly two distinct values (treated and control), found "
+            f"z must have at least {min_groups} distinct values (treatment groups), found "
             f"{len(levels)}: {levels[:10]}"
         )
     matches = [k for k, level in enumerate(levels) if level == treated]
@@ -436,7 +436,10 @@ def generate_constraints(
         term. An entry without ``~`` is a left-hand side balanced according to
         ``default_rhs``.
     z
-        Treatment of each unit (array-like with two distinct values).
+        Treatment group of each unit (array-like with at least two distinct values). With
+        more than two groups the constraint matrix is the same as with two: the groups enter
+        only through the standardization (``denom_variance``) and through ``weight_by_size``,
+        which counts the ``treated`` group's units in each level.
     data
         One row per unit, holding every column the formulas use.
     default_rhs
@@ -447,7 +450,8 @@ def generate_constraints(
         so that every level matters equally.
     denom_variance
         ``"treated"`` (treated standard deviation, falling back to pooled with a warning when
-        it is zero) or ``"pooled"`` (square root of the average group variance).
+        it is zero) or ``"pooled"`` (square root of the unweighted average of the variances of
+        all treatment groups).
     treated
         The value of ``z`` that marks treated units.
     autogen_missing
@@ -465,8 +469,9 @@ def generate_constraints(
         If a formula is malformed, names an unknown column, or two constraints get the same
         name.
     DataError
-        If ``data`` is not a data frame or has duplicate column names, ``z`` is not binary or
-        does not contain ``treated``, or a column has an unusable dtype.
+        If ``data`` is not a data frame or has duplicate column names, ``z`` has fewer than
+        two distinct values or does not contain ``treated``, or a column has an unusable
+        dtype.
 
     Warns
     -----
@@ -480,7 +485,7 @@ def generate_constraints(
     if data.columns.duplicated().any():
         duplicated = data.columns[data.columns.duplicated()].unique().tolist()
         raise DataError(f"data has duplicate column names: {duplicated[:5]}")
-    groups, is_treated = _treatment_groups(z, treated, len(data), require_binary=True)
+    groups, is_treated = _treatment_groups(z, treated, len(data), min_groups=2)
     if isinstance(balance_formulas, str):
         balance_formulas = [balance_formulas]
 
@@ -508,7 +513,7 @@ def generate_constraints(
             )
             if scaled is None:
                 warnings.warn(
-                    f"`{covariate.name}` has no variance in either treatment group (e.g. an "
+                    f"`{covariate.name}` has no variance in any treatment group (e.g. an "
                     "unused factor level); no constraints are generated for it.",
                     HierpsWarning,
                     stacklevel=2,
