@@ -29,6 +29,8 @@ _LAZY = {
     "overlap": "hierps.balance.overlap",
     "distribution_balance": "hierps.balance.distribution",
     "balance_table": "hierps.balance.table",
+    "BalanceComparison": "hierps.balance.comparison",
+    "weights_result": "hierps.balance.comparison",
     "Diagnosis": "hierps.mcmc.diagnosis",
     "diagnose": "hierps.mcmc.diagnosis",
     "OutcomeModel": "hierps.effects.outcome",
@@ -50,6 +52,7 @@ _LAZY = {
 _SUBMODULES = ("datasets", "plots")
 
 __all__ = [
+    "BalanceComparison",
     "BalanceTable",
     "ConstraintFit",
     "Constraints",
@@ -86,6 +89,7 @@ __all__ = [
     "sample",
     "sensitivity",
     "stand",
+    "weights_result",
 ]
 
 
@@ -106,6 +110,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers see the real names
     from hierps import datasets, plots
+    from hierps.balance.comparison import BalanceComparison, weights_result
     from hierps.balance.distribution import distribution_balance
     from hierps.balance.overlap import overlap
     from hierps.balance.table import BalanceTable, balance_table
