@@ -41,6 +41,9 @@ _LAZY = {
     "compare": "hierps.effects.comparison",
     "sensitivity": "hierps.effects.sensitivity",
     "robustness_value": "hierps.effects.sensitivity",
+    "sensitivity_r2": "hierps.effects.sensitivity_r2",
+    "bias_contour": "hierps.effects.sensitivity_r2",
+    "benchmark_r2": "hierps.effects.sensitivity_r2",
     "Constraints": "hierps.natstrat.constraints",
     "generate_constraints": "hierps.natstrat.constraints",
     "stand": "hierps.natstrat.constraints",
@@ -71,6 +74,8 @@ __all__ = [
     "__version__",
     "augment",
     "balance_table",
+    "benchmark_r2",
+    "bias_contour",
     "build_pymc",
     "compare",
     "constraint_weights",
@@ -88,6 +93,7 @@ __all__ = [
     "robustness_value",
     "sample",
     "sensitivity",
+    "sensitivity_r2",
     "stand",
     "weights_result",
 ]
@@ -121,6 +127,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from hierps.effects.comparison import compare
     from hierps.effects.outcome import OutcomeModel, fit_outcome_model
     from hierps.effects.sensitivity import robustness_value, sensitivity
+    from hierps.effects.sensitivity_r2 import benchmark_r2, bias_contour, sensitivity_r2
     from hierps.mcmc.diagnosis import Diagnosis, diagnose
     from hierps.model import Model
     from hierps.natstrat.constraints import Constraints, generate_constraints, stand

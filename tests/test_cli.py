@@ -75,6 +75,7 @@ def test_fit_writes_every_output_and_loads_back(tmp_path):
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == [
         "balance_comparison.png",
+        "bias_contour.png",
         "catt.png",
         "love.png",
         "overlap.png",

@@ -16,6 +16,7 @@ import pytest
 from hierps.balance.overlap import overlap
 from hierps.balance.table import balance_table
 from hierps.effects.sensitivity import ATT_LABEL, robustness_value, sensitivity
+from hierps.effects.sensitivity_r2 import benchmark_r2, sensitivity_r2
 from hierps.workflow.analysis import run_analysis
 from hierps.workflow.report_checks import REPORT_BOOTSTRAPS, REPORT_LAMBDA, flagged_groups
 from hierps.workflow.spec import ModelSpec
@@ -103,6 +104,19 @@ def test_sensitivity_section_reports_bounds_and_robustness(analysis):
     saved = pd.read_csv(out / "robustness.csv", index_col="target")
     assert saved.loc[ATT_LABEL, "robustness_value"] == pytest.approx(value)
     assert "![sensitivity](figures/sensitivity.png)" in text
+
+
+def test_variance_based_subsection_matches_direct_calls(analysis):
+    result, out, report = analysis
+    text = section(report, "Sensitivity")
+    summary = sensitivity_r2(result.map_fit).iloc[0]
+    assert f"R² ≥ {summary['r2']:.3f} with ρ = 1" in text
+    assert f"R² = ρ² = {summary['robustness_value']:.3f}" in text
+    benchmarks = benchmark_r2(result.map_fit)
+    saved = pd.read_csv(out / "benchmarks_r2.csv", index_col="covariate")
+    np.testing.assert_allclose(saved["r2"], benchmarks["r2"])
+    np.testing.assert_allclose(saved["bias"], saved["change"], atol=1e-12)
+    assert "![bias_contour](figures/bias_contour.png)" in text
 
 
 @pytest.mark.slow

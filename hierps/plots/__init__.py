@@ -7,7 +7,7 @@ draw. Importing this package imports matplotlib.
 """
 
 from hierps.plots.balance import plot_love
-from hierps.plots.checks import plot_overlap, plot_sensitivity
+from hierps.plots.checks import plot_bias_contour, plot_overlap, plot_sensitivity
 from hierps.plots.diagnostics import plot_trace
 from hierps.plots.effects import plot_catt, plot_map_vs_posterior
 from hierps.plots.pooling import plot_pooling_path, plot_weights
@@ -16,6 +16,7 @@ from hierps.plots.style import COLORS, STYLE, style
 __all__ = [
     "COLORS",
     "STYLE",
+    "plot_bias_contour",
     "plot_catt",
     "plot_love",
     "plot_map_vs_posterior",

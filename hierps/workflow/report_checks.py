@@ -1,9 +1,10 @@
 """The report's checks of an analysis: overlap, balance of several weightings, sensitivity.
 
 :func:`check_sections` writes the tables (``overlap.csv``, ``balance_comparison.csv``,
-``sensitivity.csv``, ``robustness.csv``) and figures of three report sections and returns their
-Markdown. Overlap is a property of the weights, not of the sampler, so the flagged groups are
-listed here and not by :func:`hierps.diagnose`, which judges sampling only.
+``sensitivity.csv``, ``robustness.csv``, ``benchmarks_r2.csv``) and figures of three report
+sections and returns their Markdown. Overlap is a property of the weights, not of the sampler,
+so the flagged groups are listed here and not by :func:`hierps.diagnose`, which judges sampling
+only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from hierps.balance.comparison import UNWEIGHTED, compare_balance
 from hierps.balance.overlap import ALL_GROUPS, overlap
 from hierps.effects.sensitivity import ATT_LABEL, robustness_value, sensitivity
+from hierps.effects.sensitivity_r2 import benchmark_r2, bias_contour, sensitivity_r2
 from hierps.workflow.analysis import AnalysisResult
 
 __all__ = ["REPORT_LAMBDA", "CheckSections", "check_sections"]
@@ -235,6 +237,43 @@ def _sensitivity_section(
 
         fig, _ = plots.plot_sensitivity(bounds, highlight=list(fragile.index[:3]))
         _save(fig, "sensitivity", out_dir, figures_dir, sections)
+    _variance_based(result, out_dir, figures_dir, draw, sections)
+
+
+def _variance_based(
+    result: AnalysisResult, out_dir: Path, figures_dir: Path, draw: bool, sections: CheckSections
+) -> None:
+    fit = result.map_fit
+    summary = sensitivity_r2(fit, rho=1.0).iloc[0]
+    benchmarks = benchmark_r2(fit)
+    _csv(benchmarks, "benchmarks_r2.csv", out_dir, sections)
+    strongest = benchmarks["bias"].abs().idxmax()
+    sections.lines += [
+        "### Variance-based sensitivity",
+        "",
+        "An omitted confounder as an error `ε = w* − w` in the control weights (Huang & "
+        "Pimentel; `hierps.sensitivity_r2`): the ATT's bias is "
+        "`ρ · sqrt(var(w) R² / (1 − R²)) · sd(Y)`, with R² the share of the ideal weights' "
+        "variance that ε explains and ρ its correlation with the outcome among the controls "
+        f"(var(w) = {summary['var_weights']:.3g}, sd(Y) = {summary['sd_outcome']:.3g}).",
+        "",
+        f"**To explain the ATT away a confounder needs R² ≥ {summary['r2']:.3f} with ρ = 1, or "
+        f"R² = ρ² = {summary['robustness_value']:.3f}** (the robustness value). Leaving out "
+        f"each observed covariate and refitting the MAP weights gives the parameters of a "
+        f"confounder as strong as it (`benchmark_r2`; `bias` equals the change of the ATT; "
+        f"`strength_to_explain_away` is the multiple of that bias that reaches 0):",
+        "",
+        _table(benchmarks.drop(columns="estimate")),
+        "",
+        f"The strongest benchmark is `{strongest}`: a confounder like it would move the ATT "
+        f"from {fit.att:.3f} to {benchmarks.at[strongest, 'adjusted']:.3f}.",
+        "",
+    ]
+    if draw:
+        from hierps import plots
+
+        fig, _ = plots.plot_bias_contour(bias_contour(fit), benchmarks=benchmarks)
+        _save(fig, "bias_contour", out_dir, figures_dir, sections)
 
 
 def _reading(estimate: float, value: float) -> str:
