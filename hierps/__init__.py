@@ -29,6 +29,8 @@ _LAZY = {
     "overlap": "hierps.balance.overlap",
     "distribution_balance": "hierps.balance.distribution",
     "balance_table": "hierps.balance.table",
+    "BalanceComparison": "hierps.balance.comparison",
+    "weights_result": "hierps.balance.comparison",
     "Diagnosis": "hierps.mcmc.diagnosis",
     "diagnose": "hierps.mcmc.diagnosis",
     "OutcomeModel": "hierps.effects.outcome",
@@ -39,6 +41,9 @@ _LAZY = {
     "compare": "hierps.effects.comparison",
     "sensitivity": "hierps.effects.sensitivity",
     "robustness_value": "hierps.effects.sensitivity",
+    "sensitivity_r2": "hierps.effects.sensitivity_r2",
+    "bias_contour": "hierps.effects.sensitivity_r2",
+    "benchmark_r2": "hierps.effects.sensitivity_r2",
     "Constraints": "hierps.natstrat.constraints",
     "generate_constraints": "hierps.natstrat.constraints",
     "stand": "hierps.natstrat.constraints",
@@ -55,6 +60,7 @@ _SUBMODULES = ("datasets", "plots")
 
 __all__ = [
     "BalanceCheck",
+    "BalanceComparison",
     "BalanceTable",
     "ConstraintFit",
     "Constraints",
@@ -74,6 +80,8 @@ __all__ = [
     "__version__",
     "augment",
     "balance_table",
+    "benchmark_r2",
+    "bias_contour",
     "build_pymc",
     "check_balance",
     "compare",
@@ -93,7 +101,9 @@ __all__ = [
     "robustness_value",
     "sample",
     "sensitivity",
+    "sensitivity_r2",
     "stand",
+    "weights_result",
 ]
 
 
@@ -114,6 +124,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers see the real names
     from hierps import datasets, plots
+    from hierps.balance.comparison import BalanceComparison, weights_result
     from hierps.balance.distribution import distribution_balance
     from hierps.balance.overlap import overlap
     from hierps.balance.table import BalanceTable, balance_table
@@ -124,6 +135,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from hierps.effects.comparison import compare
     from hierps.effects.outcome import OutcomeModel, fit_outcome_model
     from hierps.effects.sensitivity import robustness_value, sensitivity
+    from hierps.effects.sensitivity_r2 import benchmark_r2, bias_contour, sensitivity_r2
     from hierps.mcmc.diagnosis import Diagnosis, diagnose
     from hierps.model import Model
     from hierps.natstrat.check import BalanceCheck, check_balance

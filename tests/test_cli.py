@@ -68,9 +68,20 @@ def test_fit_writes_every_output_and_loads_back(tmp_path):
     for name in ("result.nc", "weights.csv", "catt.csv", "balance.csv", "report.md"):
         assert (out / name).stat().st_size > 0, name
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert figures == ["catt.png", "love.png", "pooling_path.png", "weights.png"]
+    assert figures == [
+        "balance_comparison.png",
+        "bias_contour.png",
+        "catt.png",
+        "love.png",
+        "overlap.png",
+        "pooling_path.png",
+        "sensitivity.png",
+        "weights.png",
+    ]
     report = (out / "report.md").read_text()
     assert "## MAP balancing weights" in report and "![love](figures/love.png)" in report
+    for section in ("## Overlap", "## Balance comparison", "## Sensitivity"):
+        assert section in report, section
 
     # The saved result gives back the CATT table and weights of a fit in this process.
     from hierps.workflow.analysis import build_model

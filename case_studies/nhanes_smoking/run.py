@@ -26,9 +26,6 @@ from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
 import hierps
-from hierps.balance.statistics import INTERCEPT, balance_frame
-from hierps.effects.estimands import kish_ess
-from hierps.plots import style
 from hierps.workflow.report import markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -94,54 +91,44 @@ def main() -> None:
         natstrat = hierps.constraint_weights(constraints, frame["z"], scale=1.0)
         hierarchical = model.fit_map()
     design = model.design
-    methods = {
+    weights = {
         "unweighted": np.ones(design.n_units),
         "logistic IPW": logistic_weights(design),
-        "natstrat constraints": natstrat.weights.to_numpy(),
+        "natstrat constraints": natstrat.weights.reindex(design.index).to_numpy(),
         "hierarchical MAP": hierarchical.weights.to_numpy(),
     }
-    rows, per_covariate = [], {}
-    for name, weights in methods.items():
-        balance = balance_frame(design, weights)
-        balance = balance[balance["covariate"] != INTERCEPT]
-        overall = balance[balance["scope"] == "global"].set_index("covariate")["smd_after"]
-        within = balance[balance["scope"] == "group"]["smd_after"].abs()
-        controls = weights[design.treatment == 0]
-        rows.append(
-            {
-                "method": name,
-                "max abs SMD, overall": overall.abs().max(),
-                "mean abs SMD, within strata": within.mean(),
-                "max abs SMD, within strata": within.max(),
-                "control ESS": float(kish_ess(controls)),
-                "ATT (homocysteine, µmol/L)": effect(frame, weights),
-            }
-        )
-        per_covariate[name] = overall.abs()
-    table = pd.DataFrame(rows).set_index("method")
+    # One table and one love plot for all four weightings (balance_table's dict form).
+    comparison = hierps.balance_table(
+        {
+            "unweighted": None,
+            "logistic IPW": (model, weights["logistic IPW"]),
+            "natstrat constraints": (model, natstrat.weights),
+            "hierarchical MAP": hierarchical,
+        }
+    )
+    summary = comparison.summary()
+    within = comparison.by_group.assign(abs_smd=comparison.by_group["smd_after"].abs())
+    within = within.groupby("weighting", observed=True)["abs_smd"]
+    table = pd.DataFrame(
+        {
+            "max abs SMD, overall": summary["max_abs_smd"],
+            "mean abs SMD, within strata": within.mean(),
+            "max abs SMD, within strata": summary["max_abs_smd_within"],
+            "control ESS": summary["ess"],
+            "ATT (homocysteine, µmol/L)": pd.Series(
+                {label: effect(frame, w) for label, w in weights.items()}
+            ),
+        }
+    )
+    table.index.name = "method"
     (HERE / "results").mkdir(exist_ok=True)
     table.to_csv(HERE / "results" / "comparison.csv")
     print(f"{len(constraints.X.columns)} natstrat constraints from {FORMULA!r}")
     print(markdown_table(table))
 
-    smd = pd.DataFrame(per_covariate)
-    with style():
-        fig, ax = plt.subplots(figsize=(7, 0.28 * len(smd) + 1.5))
-        markers = {
-            "unweighted": "o",
-            "logistic IPW": "s",
-            "natstrat constraints": "D",
-            "hierarchical MAP": "^",
-        }
-        for name in smd.columns:
-            ax.scatter(smd[name], np.arange(len(smd)), label=name, marker=markers[name])
-        ax.axvline(0.1, color="grey", linestyle="--", linewidth=1)
-        ax.set_yticks(np.arange(len(smd)), smd.index)
-        ax.set_xlabel("|standardized mean difference|, all strata together")
-        ax.invert_yaxis()
-        ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(HERE / "figures" / "love.png", dpi=120)
+    fig, _ = hierps.plots.plot_love(comparison)
+    fig.savefig(HERE / "figures" / "love.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ intervals over the draws) or any result with ``.design`` and ``.weights``. It re
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from hierps.design.build import Design
 from hierps.effects.estimands import kish_ess
 from hierps.mcmc.conventions import CI_PROB, SAMPLE_DIMS
 from hierps.rendering import render_text
+
+if TYPE_CHECKING:
+    from hierps.balance.comparison import BalanceComparison
 
 __all__ = ["DEFAULT_THRESHOLD", "BalanceTable", "as_balance_table", "balance_table"]
 
@@ -106,7 +109,7 @@ def balance_table(
     ci_prob: float | None = None,
     squares: bool = False,
     interactions: bool = False,
-) -> BalanceTable:
+) -> BalanceTable | BalanceComparison:
     """Covariate balance of a result's control weights, globally, per group and across groups.
 
     Modelled on cobalt's ``bal.tab(..., cluster=)`` for the ATT. The covariates are the
@@ -150,7 +153,14 @@ def balance_table(
         (``weights/weight_draws``, from ``store_weights=True``) or, without them, recomputed
         from the posterior draws of ``alpha`` and ``beta`` (``w = exp(η)``). When neither is
         in ``idata`` there are no intervals; ``per_draw`` and the DataFrames' ``attrs`` say so.
-        Any object with ``design`` and ``weights`` (one weight per unit, treated 1) works too.
+        Any object with ``design`` and ``weights`` (one weight per unit, treated 1) works too;
+        :func:`hierps.balance.comparison.weights_result` wraps user weights so.
+
+        A **dict** of label → weighting (``None`` for the unweighted sample, a result, or a
+        ``(model, weights)`` pair) compares several weightings of one design: see
+        :func:`hierps.balance.comparison.compare_balance`, which returns a
+        :class:`~hierps.balance.comparison.BalanceComparison` (the same tables stacked with a
+        ``weighting`` column).
     threshold
         |SMD| above which a covariate is flagged.
     ci_prob
@@ -167,7 +177,7 @@ def balance_table(
     -------
     BalanceTable
         Tidy DataFrames ``global_``, ``by_group``, ``across_groups`` and ``ess``; prints as
-        rich tables.
+        rich tables (a ``BalanceComparison`` for a dict of weightings).
 
     Examples
     --------
@@ -175,7 +185,13 @@ def balance_table(
     >>> table = balance_table(fit)  # doctest: +SKIP
     >>> print(table)  # doctest: +SKIP
     >>> table.across_groups.sort_values("max_abs_smd_after")  # doctest: +SKIP
+    >>> balance_table({"unweighted": None, "MAP": fit, "posterior": post})  # doctest: +SKIP
     """
+    if isinstance(result, Mapping):
+        # Imported here: the comparison module builds on this one.
+        from hierps.balance.comparison import compare_balance
+
+        return compare_balance(result, threshold, ci_prob, squares, interactions)
     if isinstance(threshold, bool) or not np.isscalar(threshold) or not threshold > 0:
         raise ValueError(f"threshold must be a positive number, not {threshold!r}")
     threshold = float(threshold)
@@ -296,7 +312,8 @@ def _resolve_weights(
             raise ValueError(
                 f"expected one weight per unit ({design.n_units}), got {weights.shape[0]}"
             )
-        return design, weights, "MAP weights", None, "not applicable (one set of weights)", None
+        label = getattr(result, "weights_label", "MAP weights")
+        return design, weights, label, None, "not applicable (one set of weights)", None
 
     estimand = getattr(result, "estimand", "att")
     if estimand != "att":

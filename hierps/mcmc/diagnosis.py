@@ -147,6 +147,8 @@ def diagnose(
 
     Rank-normalized split R-hat and bulk/tail ESS are ArviZ's statistics (Vehtari et al.
     2021), computed for every entry at once. See the module docstring for what is judged.
+    Only sampling is judged: groups with limited overlap are a property of the weights, found
+    by :func:`hierps.overlap` and listed in the "Overlap" section of ``hierps fit`` reports.
 
     Parameters
     ----------

@@ -1,13 +1,17 @@
-"""Love plots: covariate balance before and after weighting, globally and per group."""
+"""Love plots: covariate balance before and after weighting, globally and per group; one
+weighting, or several compared with a marker each."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
+from hierps.balance.comparison import BalanceComparison, compare_balance
 from hierps.balance.table import as_balance_table
 from hierps.plots.style import COLORS, interval_lines, legend, new_axes, style
 
@@ -26,11 +30,17 @@ def plot_love(
     largest at the top. With a posterior's balance table, lines show the per-draw intervals
     of the global |SMD| and of the within-group maximum.
 
+    Several weightings — a dict of label → weighting as
+    :func:`~hierps.balance.table.balance_table` takes it, or its
+    :class:`~hierps.balance.comparison.BalanceComparison` — share one plot, one colour and
+    marker per weighting: filled for the global |SMD|, open for the largest within-group |SMD|.
+
     Parameters
     ----------
     result_or_table
         A :class:`~hierps.balance.table.BalanceTable`, or a result to pass to
-        :func:`~hierps.balance.table.balance_table`.
+        :func:`~hierps.balance.table.balance_table`; or several weightings (a dict or a
+        ``BalanceComparison``).
     threshold
         The dashed reference line; default the table's threshold (0.1).
     ax
@@ -40,6 +50,8 @@ def plot_love(
     -------
     (Figure, Axes)
     """
+    if isinstance(result_or_table, Mapping | BalanceComparison):
+        return _plot_comparison(result_or_table, threshold, ax)
     table = as_balance_table(result_or_table, threshold)
     threshold = table.threshold if threshold is None else float(threshold)
     overall = table.global_.copy()
@@ -108,4 +120,85 @@ def plot_love(
         ax.set_xlabel("|standardized mean difference|  (difference / treated SD)")
         ax.set_title(f"Covariate balance of the {table.weights}")
         legend(fig, ax, own_figure)
+    return fig, ax
+
+
+#: Markers and colours of compared weightings, in order (Okabe–Ito, then repeating).
+_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">")
+_PALETTE = ("#8C8C8C", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+
+
+def _plot_comparison(
+    weightings: Mapping[str, Any] | BalanceComparison,
+    threshold: float | None,
+    ax: Axes | None,
+) -> tuple[Figure, Axes]:
+    comparison = (
+        weightings
+        if isinstance(weightings, BalanceComparison)
+        else compare_balance(weightings, **({} if threshold is None else {"threshold": threshold}))
+    )
+    threshold = comparison.threshold if threshold is None else float(threshold)
+    smd = comparison.wide("smd_after").abs()
+    worst = comparison.wide("max_abs_smd_after", scope="across_groups").reindex(smd.index)
+    first = comparison.tables[comparison.weightings[0]].global_.set_index("covariate")
+    # Ordered by the first weighting's imbalance (the unweighted sample when given first).
+    order = smd.iloc[:, 0].sort_values(kind="stable", na_position="first").index
+    smd, worst = smd.loc[order], worst.reindex(order)
+    y = np.arange(len(order))
+    labels = [
+        f"{name} (group)" if first.at[name, "level"] == "group" else str(name) for name in order
+    ]
+    n = len(comparison.weightings)
+    offsets = (np.arange(n) - (n - 1) / 2) * min(0.5 / max(n - 1, 1), 0.15)
+    own_figure = ax is None
+    with style():
+        fig, ax = new_axes(ax, (6.4, 2.2 + 0.3 * len(order)))
+        handles = []
+        for k, label in enumerate(comparison.weightings):
+            color, marker = _PALETTE[k % len(_PALETTE)], _MARKERS[k % len(_MARKERS)]
+            for values, face in ((smd[label], color), (worst[label], "none")):
+                values = values.to_numpy(dtype=float)
+                keep = np.isfinite(values)
+                if keep.any():
+                    ax.scatter(
+                        values[keep],
+                        y[keep] + offsets[k],
+                        marker=marker,
+                        facecolors=face,
+                        edgecolors=color,
+                        linewidths=1.1,
+                        s=28,
+                        zorder=3,
+                    )
+            handles.append(
+                Line2D([], [], marker=marker, color=color, linestyle="none", label=label)
+            )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                markerfacecolor="none",
+                markeredgecolor=COLORS["reference"],
+                linestyle="none",
+                label="open: max over groups",
+            )
+        )
+        handles.append(
+            ax.axvline(
+                threshold,
+                color=COLORS["reference"],
+                linestyle="--",
+                linewidth=1,
+                label=f"threshold {threshold:g}",
+            )
+        )
+        ax.set_yticks(y, labels)
+        ax.set_ylim(-0.7, len(order) - 0.3)
+        ax.set_xlim(left=0)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel("|standardized mean difference|  (difference / treated SD)")
+        ax.set_title("Covariate balance by weighting (filled: global)")
+        legend(fig, ax, own_figure, ncols=min(4, len(handles)), handles=handles)
     return fig, ax

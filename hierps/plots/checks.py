@@ -1,6 +1,8 @@
-"""Figures of the checks of an analysis: sensitivity bounds against Λ and propensity overlap.
+"""Figures of the checks of an analysis: sensitivity bounds against Λ, propensity overlap and
+the bias contours of the variance-based sensitivity model.
 
-They draw the tables of :func:`hierps.sensitivity` and :func:`hierps.overlap` in the style of
+They draw the tables of :func:`hierps.sensitivity`, :func:`hierps.overlap` and
+:func:`hierps.bias_contour` in the style of
 the other hierps figures (:func:`hierps.plots.style` and its colours, imported when a figure
 is drawn). Each returns ``(fig, ax)`` or ``(fig, axes)``.
 """
@@ -16,7 +18,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["plot_overlap", "plot_sensitivity"]
+__all__ = ["plot_bias_contour", "plot_overlap", "plot_sensitivity"]
 
 #: The Λ grid drawn when :func:`plot_sensitivity` is given a result.
 DEFAULT_LAMBDA = (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
@@ -233,3 +235,82 @@ def plot_overlap(
             fontsize=8,
         )
     return fig, axes
+
+
+def plot_bias_contour(
+    result_or_table: Any,
+    benchmarks: pd.DataFrame | None = None,
+    threshold: float = 0.0,
+    ax: Axes | None = None,
+) -> tuple[Figure, Axes]:
+    """Adjusted ATT over the (R², ρ) plane of the variance-based sensitivity model.
+
+    Contours of ``estimate − bias`` (math §18), the contour at ``threshold`` drawn bold and the
+    region beyond it shaded (confounders that would explain the estimate away); benchmark
+    covariates (:func:`hierps.benchmark_r2`) are labelled points.
+
+    Parameters
+    ----------
+    result_or_table
+        A table of :func:`hierps.bias_contour`, or a result to pass to it.
+    benchmarks
+        A table of :func:`hierps.benchmark_r2` to mark.
+    threshold
+        The adjusted value drawn bold (0: the effect explained away).
+    ax
+        Axes to draw into.
+
+    Returns
+    -------
+    (Figure, Axes)
+    """
+    from hierps.effects.sensitivity_r2 import bias_contour
+
+    table = (
+        result_or_table
+        if isinstance(result_or_table, pd.DataFrame)
+        else bias_contour(result_or_table)
+    )
+    missing = {"r2", "rho", "adjusted"} - set(table.columns)
+    if missing:
+        raise ValueError(f"result_or_table lacks the columns {sorted(missing)} of bias_contour")
+    grid = table.pivot_table(index="rho", columns="r2", values="adjusted")
+    r2, rho = grid.columns.to_numpy(float), grid.index.to_numpy(float)
+    values = grid.to_numpy(float)
+    estimate = table.attrs.get("estimate")
+    style, colors = _look()
+    own = ax is None
+    with style():
+        if own:
+            fig, ax = plt.subplots(figsize=(6.0, 4.6), layout="constrained")
+        else:
+            fig = ax.figure
+        positive = estimate is None or estimate >= threshold
+        low, high = np.nanmin(values), np.nanmax(values)
+        beyond = (low, threshold) if positive else (threshold, high)
+        if beyond[0] < beyond[1]:
+            ax.contourf(r2, rho, values, levels=list(beyond), colors=[colors["within"]], alpha=0.15)
+        lines = ax.contour(r2, rho, values, levels=9, colors=colors["muted"], linewidths=0.8)
+        ax.clabel(lines, fontsize=7, fmt="%.2g")
+        if low < threshold < high:
+            ax.contour(r2, rho, values, levels=[threshold], colors=[colors["within"]], linewidths=2)
+        if benchmarks is not None and len(benchmarks):
+            ax.scatter(benchmarks["r2"], benchmarks["rho"], color=colors["after"], s=22, zorder=3)
+            for name, row in benchmarks.iterrows():
+                ax.annotate(
+                    str(name),
+                    (row["r2"], row["rho"]),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=colors["after"],
+                )
+        ax.set_xlim(r2.min(), r2.max())
+        ax.set_ylim(rho.min(), rho.max())
+        ax.set_xlabel("R²: share of the ideal weights' variance the weight error explains")
+        ax.set_ylabel("ρ: correlation of the weight error with the outcome")
+        title = "Adjusted ATT under an omitted confounder"
+        if estimate is not None:
+            title += f" (estimate {estimate:.3g}; bold: {threshold:g})"
+        ax.set_title(title)
+    return fig, ax

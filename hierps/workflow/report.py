@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 from hierps.balance.table import balance_table
 from hierps.mcmc.diagnosis import diagnose
 from hierps.workflow.analysis import AnalysisResult, write_tree
+from hierps.workflow.report_checks import check_sections
 
 __all__ = ["markdown_table", "write_outputs"]
 
@@ -109,12 +111,22 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
 
     figures = _figures(result, out_dir / "figures")
     files.extend(figures.values())
-    (out_dir / "report.md").write_text(_report_text(result, balance, figures, out_dir))
+    checks = check_sections(result, out_dir)
+    files.extend(checks.files)
+    (out_dir / "report.md").write_text(
+        _report_text(result, balance, figures, out_dir, checks.lines)
+    )
     files.append(out_dir / "report.md")
     return files
 
 
-def _report_text(result: AnalysisResult, balance, figures: dict[str, Path], out_dir: Path) -> str:
+def _report_text(
+    result: AnalysisResult,
+    balance,
+    figures: dict[str, Path],
+    out_dir: Path,
+    checks: Sequence[str] = (),
+) -> str:
     spec, fit, design = result.spec, result.map_fit, result.model.design
     lines = [f"# {spec.name}", "", spec.description, ""]
     lines += ["## Model", "", "```", design.summary(), "```", ""]
@@ -217,6 +229,7 @@ def _report_text(result: AnalysisResult, balance, figures: dict[str, Path], out_
             f"{np.sqrt(np.nanmean(errors**2)):.4f}.",
             "",
         ]
+    lines += list(checks)  # overlap, balance comparison, sensitivity (report_checks.py)
     if figures:
         lines += ["## Figures", ""]
         for name, path in figures.items():

@@ -137,12 +137,26 @@ class OutputSpec(_Strict):
     """What to estimate and draw."""
 
     estimands: list[Literal["att", "ate"]] = ["att"]
-    plots: list[Literal["love", "catt", "map_vs_posterior", "pooling_path", "weights"]] = [
+    plots: list[
+        Literal[
+            "love",
+            "catt",
+            "map_vs_posterior",
+            "pooling_path",
+            "weights",
+            "overlap",
+            "balance_comparison",
+            "sensitivity",
+        ]
+    ] = [
         "love",
         "catt",
         "map_vs_posterior",
         "pooling_path",
         "weights",
+        "overlap",
+        "balance_comparison",
+        "sensitivity",
     ]
     balance_threshold: PositiveFloat = 0.1
 
