@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hierps.balance.statistics import att_result_design
 from hierps.design.build import Design
 from hierps.effects.estimands import GroupSums, att_from_catt
 from hierps.exceptions import ConvergenceError, HierpsWarning, check_choice
@@ -208,19 +209,9 @@ class _Prepared:
 def _prepare(
     result: Any, bootstrap: str, n_bootstrap: int, ci_prob: float | None, random_seed: Any
 ) -> _Prepared:
-    design = getattr(result, "design", None)
-    if not isinstance(design, Design):
-        raise TypeError(
-            f"expected a hierps result with a .design (MapResult or PosteriorResult), not "
-            f"{type(result).__name__}"
-        )
+    design = att_result_design(result, "sensitivity")
     if design.outcome is None:
         raise ValueError("the model has no outcome column: give outcome= to hierps.Model")
-    if getattr(result, "estimand", "att") != "att":
-        raise ValueError(
-            f"sensitivity bounds the effects on the treated; this result estimated the "
-            f"{str(result.estimand).upper()}"
-        )
     check_choice("bootstrap", bootstrap, BOOTSTRAPS)
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer):
         raise ValueError(f"n_bootstrap must be an integer of at least 2, not {n_bootstrap!r}")

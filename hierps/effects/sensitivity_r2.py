@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hierps.balance.statistics import att_result_design
 from hierps.design.build import Design
 from hierps.exceptions import HierpsWarning
 
@@ -58,16 +59,9 @@ class AttWeights:
 
 
 def _design_and_weights(result: Any) -> tuple[Design, np.ndarray, str]:
-    design = getattr(result, "design", None)
-    if not isinstance(design, Design):
-        raise TypeError(
-            f"result must be a hierps result with a .design and .weights, not "
-            f"{type(result).__name__}"
-        )
+    design = att_result_design(result, "the variance-based sensitivity model")
     if design.outcome is None:
         raise ValueError("result: the model has no outcome column; give outcome= to hierps.Model")
-    if getattr(result, "estimand", "att") != "att":
-        raise ValueError("result: the variance-based sensitivity model here is for the ATT")
     relative = getattr(result, "relative_weights", None)
     if relative is not None and getattr(result, "idata", None) is None:
         # Within a group only ratios matter; the relative weights keep them where exp(η)

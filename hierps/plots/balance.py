@@ -3,10 +3,11 @@ weighting, or several compared with a marker each."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -106,18 +107,7 @@ def plot_love(
                     zorder=3,
                     label=label,
                 )
-        ax.axvline(
-            threshold,
-            color=COLORS["reference"],
-            linestyle="--",
-            linewidth=1,
-            label=f"threshold {threshold:g}",
-        )
-        ax.set_yticks(y, labels)
-        ax.set_ylim(-0.7, len(overall) - 0.3)
-        ax.set_xlim(left=0)
-        ax.grid(axis="y", visible=False)
-        ax.set_xlabel("|standardized mean difference|  (difference / treated SD)")
+        _finish_love_axes(ax, threshold, y, labels)
         ax.set_title(f"Covariate balance of the {table.weights}")
         legend(fig, ax, own_figure)
     return fig, ax
@@ -185,20 +175,25 @@ def _plot_comparison(
                 label="open: max over groups",
             )
         )
-        handles.append(
-            ax.axvline(
-                threshold,
-                color=COLORS["reference"],
-                linestyle="--",
-                linewidth=1,
-                label=f"threshold {threshold:g}",
-            )
-        )
-        ax.set_yticks(y, labels)
-        ax.set_ylim(-0.7, len(order) - 0.3)
-        ax.set_xlim(left=0)
-        ax.grid(axis="y", visible=False)
-        ax.set_xlabel("|standardized mean difference|  (difference / treated SD)")
+        handles.append(_finish_love_axes(ax, threshold, y, labels))
         ax.set_title("Covariate balance by weighting (filled: global)")
         legend(fig, ax, own_figure, ncols=min(4, len(handles)), handles=handles)
     return fig, ax
+
+
+def _finish_love_axes(ax: Axes, threshold: float, y: np.ndarray, labels: Sequence[str]) -> Artist:
+    """The threshold line, covariate labels and |SMD| axis every love plot shares; returns the
+    threshold line (for a legend built by hand)."""
+    line = ax.axvline(
+        threshold,
+        color=COLORS["reference"],
+        linestyle="--",
+        linewidth=1,
+        label=f"threshold {threshold:g}",
+    )
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    ax.set_xlim(left=0)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("|standardized mean difference|  (difference / treated SD)")
+    return line

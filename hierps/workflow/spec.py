@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -133,31 +133,24 @@ class PoolingSpec(_Strict):
     random_seed: int | None = 1
 
 
+#: The figures a report can draw; all by default.
+PlotName = Literal[
+    "love",
+    "catt",
+    "map_vs_posterior",
+    "pooling_path",
+    "weights",
+    "overlap",
+    "balance_comparison",
+    "sensitivity",
+]
+
+
 class OutputSpec(_Strict):
     """What to estimate and draw."""
 
     estimands: list[Literal["att", "ate"]] = ["att"]
-    plots: list[
-        Literal[
-            "love",
-            "catt",
-            "map_vs_posterior",
-            "pooling_path",
-            "weights",
-            "overlap",
-            "balance_comparison",
-            "sensitivity",
-        ]
-    ] = [
-        "love",
-        "catt",
-        "map_vs_posterior",
-        "pooling_path",
-        "weights",
-        "overlap",
-        "balance_comparison",
-        "sensitivity",
-    ]
+    plots: list[PlotName] = Field(default_factory=lambda: list(get_args(PlotName)))
     balance_threshold: PositiveFloat = 0.1
 
 
