@@ -47,7 +47,13 @@ class Model:
         group; ``None`` (default) lets every unit covariate vary.
     standardize
         ``True`` / ``"treated"`` (default: centre at the treated mean, divide by the treated
-        SD), ``"pooled"``, or ``False`` / ``"none"``.
+        SD), ``"pooled"``, or ``False`` / ``"none"``; with ``weights`` the means and standard
+        deviations are weighted.
+    weights
+        Column of base (survey or frequency) weights: positive finite numbers. Every estimate
+        is then of the weighted population: the balance targets, the effects, balance tables
+        and effective sample sizes carry them, and posterior mode weights the likelihood (a
+        pseudo-posterior). Integer weights act exactly as replicated rows in MAP mode.
 
     Examples
     --------
@@ -70,6 +76,7 @@ class Model:
         categorical: Sequence[str] = (),
         varying_slopes: Sequence[str] | None = None,
         standardize: bool | str = True,
+        weights: str | None = None,
     ) -> None:
         for argument, value in (
             ("unit_covariates", unit_covariates),
@@ -92,6 +99,7 @@ class Model:
             group_covariates=tuple(group_covariates),
             categorical=tuple(categorical),
             varying_slopes=None if varying_slopes is None else tuple(varying_slopes),
+            weights=weights,
         )
         self.data = data
         self.design: Design = build_design(data, roles, standardize)
