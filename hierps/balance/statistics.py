@@ -35,6 +35,15 @@ def _treated_sd(values: np.ndarray, treated: np.ndarray) -> np.ndarray:
     return np.where(sd > 0, sd, pooled)
 
 
+def _frequency_variance(values: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``Σ b (x − x̄_b)² / (Σ b − 1)``: base weights as frequencies (ddof 1 when all are 1)."""
+    total = base.sum()
+    if total <= 1:
+        return np.full(values.shape[1], np.nan)
+    mean = base @ values / total
+    return base @ (values - mean) ** 2 / (total - 1)
+
+
 def _denominator_sd(
     values: np.ndarray, treated: np.ndarray, estimand: str, base: np.ndarray
 ) -> np.ndarray:
@@ -43,7 +52,7 @@ def _denominator_sd(
     the ATC, the pooled SD of both arms for the ATE; base-weighted if the design has base
     weights. Where the target SD is 0, the pooled SD."""
     variance = {
-        arm: weighted_variance(values, np.where(mask, base, 0.0))
+        arm: _frequency_variance(values[mask], base[mask])
         for arm, mask in (("treated", treated), ("control", ~treated))
     }
     pooled = np.sqrt((variance["treated"] + variance["control"]) / 2)

@@ -1,0 +1,226 @@
+"""MAP mode for the ATT, ATC and ATE, with and without base weights: first-order conditions,
+the primal (entropy-balancing) problem, exact entropy balancing in the flat limit, and the
+frequency-weight semantics of base weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_frame
+
+import hierps
+from hierps.calibrated.estimands import arms_of
+from hierps.exceptions import DataError, HierpsWarning
+
+ESTIMANDS = ("att", "atc", "ate")
+
+
+def fit_quietly(model, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        return model.fit_map(**options)
+
+
+def with_base_weights(frame: pd.DataFrame, seed: int, integer: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = frame.copy()
+    frame["b"] = rng.integers(1, 4, len(frame)) if integer else rng.uniform(0.3, 3.0, len(frame))
+    return frame
+
+
+def assert_first_order_identities(model, fit, rtol=1e-6):
+    """The table of the first-order conditions, for each calibrated-loss problem of the fit:
+    the weighted arm's weighted moments minus the target's base-weighted moments equal the
+    prior pull of the matching coefficient."""
+    d = model.design
+    h = fit.hyperparameters
+    b = d.unit_weights
+    x, v, codes = d.unit_matrix, d.group_matrix, d.group_codes
+    w_all = fit.weights.to_numpy()
+
+    def close(lhs, rhs):
+        np.testing.assert_allclose(lhs, rhs, rtol=rtol, atol=rtol)
+
+    for arm in arms_of(fit.estimand):
+        weighted, target = arm.masks(d.treatment)
+        c = fit.arm_coefficients(arm.name)
+        w = np.where(weighted, w_all, 0.0)
+        t = np.where(target, b, 0.0)
+        gap = np.bincount(codes, weights=w - t, minlength=d.n_groups)
+        close(gap.sum(), -float(c["intercept"]) / h.sigma_intercept**2)
+        close(gap, -c["alpha_deviation"].to_numpy() / h.sigma_alpha**2)
+        if v.shape[1]:
+            close(v.T @ gap, -c["gamma"].to_numpy() / h.sigma_gamma**2)
+        close((w - t) @ x, -c["mu_beta"].to_numpy() / h.sigma_mu_beta**2)
+        school = np.zeros((d.n_groups, x.shape[1]))
+        np.add.at(school, codes, (w - t)[:, None] * x)
+        sigma_beta = h.sigma_beta_vector(int(d.varying.sum()))
+        close(school[:, d.varying], -c["beta_deviation"].to_numpy() / sigma_beta**2)
+
+
+@pytest.mark.parametrize("estimand", ESTIMANDS)
+@pytest.mark.parametrize("base", [False, True], ids=["unweighted", "base weights"])
+@pytest.mark.parametrize(
+    "hyperparameters",
+    [dict(), dict(sigma_beta=0.3, sigma_alpha=2.0, sigma_mu_beta=3.0, sigma_gamma=0.5)],
+    ids=["defaults", "custom"],
+)
+def test_first_order_conditions_hold_for_every_estimand(estimand, base, hyperparameters):
+    frame, roles = make_frame(seed=21, categorical_levels=3, sizes=(5, 200))
+    if base:
+        frame = with_base_weights(frame, seed=3)
+    model = hierps.Model(frame, **roles, weights="b" if base else None)
+    fit = fit_quietly(model, estimand=estimand, **hyperparameters)
+    assert fit.converged and fit.max_gradient <= 1e-8
+    assert fit.estimand == estimand
+    assert_first_order_identities(model, fit)
+    # The balance table's imbalance column is the same gap on the standardized scale.
+    balance = fit.balance()
+    intercept = balance[(balance["scope"] == "global") & (balance["covariate"] == "(intercept)")]
+    gap = float(intercept["imbalance"].iloc[0])
+    assert gap == pytest.approx(
+        -float(fit.coefficients["intercept"]) / fit.hyperparameters.sigma_intercept**2, abs=1e-6
+    )
+
+
+def primal_weights(model, fit, arm):
+    """The primal of one arm's problem, solved by cvxpy with an exponential-cone solver:
+    ``min Σ_W (w log(w/b) − w) + the quadratic penalties of the balance gaps``."""
+    cp = pytest.importorskip("cvxpy")
+    d = model.design
+    h = fit.hyperparameters
+    b = d.unit_weights
+    weighted, target = arm.masks(d.treatment)
+    rows = np.flatnonzero(weighted)
+    x, v, codes = d.unit_matrix, d.group_matrix, d.group_codes
+    target_group = np.bincount(codes, weights=np.where(target, b, 0.0), minlength=d.n_groups)
+    indicator = np.zeros((len(rows), d.n_groups))
+    indicator[np.arange(len(rows)), codes[rows]] = 1.0
+    w = cp.Variable(len(rows), nonneg=True)
+    group_gap = indicator.T @ w - target_group
+    global_imbalance = x[rows].T @ w - np.where(target, b, 0.0) @ x
+    sigma_beta = h.sigma_beta_vector(int(d.varying.sum()))
+    objective = -cp.sum(cp.entr(w)) - cp.sum(w) - w @ np.log(b[rows])
+    objective += h.sigma_intercept**2 / 2 * cp.square(cp.sum(w) - target_group.sum())
+    objective += h.sigma_alpha**2 / 2 * cp.sum_squares(group_gap)
+    if v.shape[1]:
+        objective += h.sigma_gamma**2 / 2 * cp.sum_squares(v.T @ group_gap)
+    objective += h.sigma_mu_beta**2 / 2 * cp.sum_squares(global_imbalance)
+    for position, k in enumerate(np.flatnonzero(d.varying)):
+        school_k = indicator.T @ cp.multiply(x[rows, k], w) - np.bincount(
+            codes, weights=np.where(target, b * x[:, k], 0.0), minlength=d.n_groups
+        )
+        objective += sigma_beta[position] ** 2 / 2 * cp.sum_squares(school_k)
+    problem = cp.Problem(cp.Minimize(objective))
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    return rows, w.value, problem.value
+
+
+@pytest.mark.parametrize("estimand", ESTIMANDS)
+@pytest.mark.parametrize("base", [False, True], ids=["unweighted", "base weights"])
+def test_weights_equal_the_primal_solution(estimand, base):
+    frame, roles = make_frame(seed=11, sizes=(5, 40), n_groups=5, n_unit=2, n_group=1)
+    if base:
+        frame = with_base_weights(frame, seed=4)
+    model = hierps.Model(frame, **roles, weights="b" if base else None)
+    fit = fit_quietly(model, estimand=estimand, sigma_beta=0.7, sigma_alpha=1.5)
+    total = 0.0
+    for arm, solution in zip(arms_of(estimand), fit._solutions, strict=True):
+        rows, primal, value = primal_weights(model, fit, arm)
+        np.testing.assert_allclose(fit.weights.to_numpy()[rows], primal, rtol=1e-4, atol=1e-6)
+        # Fenchel duality: the primal minimum is minus the calibrated-loss minimum.
+        assert value == pytest.approx(-solution.objective, rel=1e-6)
+        total += value
+    assert total == pytest.approx(-fit.objective, rel=1e-6)
+
+
+def test_ate_with_one_group_and_flat_priors_is_two_sided_entropy_balancing():
+    frame, roles = make_frame(seed=5, sizes=[300], n_group=0)
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(
+        model, estimand="ate", sigma_intercept=1e4, sigma_mu_beta=1e4, sigma_alpha=1e-3
+    )
+    x = model.design.unit_frame(original_scale=True).to_numpy()
+    treated = model.design.treatment == 1
+    w = fit.weights.to_numpy()
+    full = x.mean(axis=0)
+    for arm in (treated, ~treated):
+        np.testing.assert_allclose(np.average(x[arm], axis=0, weights=w[arm]), full, atol=1e-6)
+        assert w[arm].sum() == pytest.approx(len(x), rel=1e-6)
+    # The ATE is the difference of the two weighted outcome means.
+    y = frame["y"].to_numpy()
+    expected = np.average(y[treated], weights=w[treated]) - np.average(y[~treated], weights=w[~treated])
+    assert fit.ate == pytest.approx(expected, rel=1e-10)
+
+
+def test_atc_is_the_att_of_the_flipped_treatment_with_the_sign_changed():
+    frame, roles = make_frame(seed=7, sizes=(10, 80), n_groups=6)
+    flipped = frame.assign(z=1 - frame["z"])
+    atc = fit_quietly(hierps.Model(frame, **roles, standardize=False), estimand="atc")
+    att = fit_quietly(hierps.Model(flipped, **roles, standardize=False), estimand="att")
+    np.testing.assert_allclose(atc.weights, att.weights, rtol=1e-9)
+    assert atc.atc == pytest.approx(-att.att, rel=1e-9)
+    np.testing.assert_allclose(atc.catc["estimate"], -att.catt["estimate"], rtol=1e-9)
+
+
+def test_effect_tables_follow_the_estimand():
+    frame, roles = make_frame(seed=8, sizes=(10, 80), n_groups=6)
+    model = hierps.Model(frame, **roles)
+    ate = fit_quietly(model, estimand="ate")
+    table = ate.cate
+    assert {"weight_sum_control", "ess_treated"} <= set(table.columns)
+    sizes = model.design.units_per_group
+    assert ate.ate == pytest.approx(np.average(table["estimate"], weights=sizes), rel=1e-12)
+    with pytest.raises(ValueError, match="targets the ATE"):
+        _ = ate.att
+    atc = fit_quietly(model, estimand="atc")
+    n_control = atc.catc["n_control"]
+    assert atc.atc == pytest.approx(np.average(atc.catc["estimate"], weights=n_control))
+    assert (atc.weights[frame["z"] == 0] == 1).all()
+    with pytest.raises(ValueError, match="estimand"):
+        model.fit_map(estimand="atx")
+
+
+@pytest.mark.parametrize("estimand", ESTIMANDS)
+def test_integer_base_weights_equal_replicated_rows(estimand):
+    frame, roles = make_frame(seed=9, sizes=(5, 60), n_groups=6, categorical_levels=3)
+    frame = with_base_weights(frame, seed=1, integer=True)
+    weighted = hierps.Model(frame, **roles, weights="b")
+    replicated_frame = frame.loc[frame.index.repeat(frame["b"])]
+    origin = replicated_frame.index.to_numpy()
+    replicated_frame = replicated_frame.reset_index(drop=True)
+    replicated = hierps.Model(replicated_frame, **roles)
+    pd.testing.assert_frame_equal(
+        weighted.design.unit_scaling, replicated.design.unit_scaling, rtol=1e-12
+    )
+    options = dict(estimand=estimand, sigma_beta=0.8, tol=1e-11)
+    fit_w = fit_quietly(weighted, **options)
+    fit_r = fit_quietly(replicated, **options)
+    per_row = fit_w.balancing_weights.loc[origin].to_numpy()
+    np.testing.assert_allclose(per_row, fit_r.weights.to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(
+        fit_w.group_effects["estimate"], fit_r.group_effects["estimate"], rtol=1e-8
+    )
+    assert fit_w.overall_effect == pytest.approx(fit_r.overall_effect, rel=1e-8)
+    # Balance before and after weighting is that of the replicated rows too.
+    columns = ["smd_before", "smd_after", "control_mean_before", "control_mean_after"]
+    np.testing.assert_allclose(
+        fit_w.balance()[columns].to_numpy(), fit_r.balance()[columns].to_numpy(), rtol=1e-8,
+        atol=1e-10,
+    )
+
+
+def test_base_weights_are_validated_by_row():
+    frame, roles = make_frame(seed=1, sizes=(5, 20), n_groups=3)
+    frame["b"] = 1.0
+    frame.loc[frame.index[[2, 5]], "b"] = [0.0, np.nan]
+    with pytest.raises(DataError, match=r"weights column 'b'.*rows 2, 5"):
+        hierps.Model(frame, **roles, weights="b")
+    frame["b"] = "x"
+    with pytest.raises(DataError, match="must be numeric"):
+        hierps.Model(frame, **roles, weights="b")
+    with pytest.raises(DataError, match="'nope'"):
+        hierps.Model(frame, **roles, weights="nope")
