@@ -21,21 +21,30 @@ out. With base weights the log-likelihood is weighted (a pseudo-likelihood).
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.optimize
-import scipy.sparse as sp
 
 from hierps.calibrated.newton import (
     _BLAS,
     _factorize,
+    _first_moments,
     _gradient,
     _newton_direction,
+    _padded_products,
+    accumulate_moments,
     group_coefficients,
 )
-from hierps.calibrated.problem import CalibratedProblem, ControlLayout, _problem
+from hierps.calibrated.problem import (
+    CalibratedProblem,
+    ControlLayout,
+    _problem,
+    lay_out_controls,
+)
 from hierps.design.build import Design
 from hierps.design.hyperparameters import MapHyperparameters
 from hierps.exceptions import ConvergenceError
@@ -84,40 +93,52 @@ class ScaleSelection:
 
 @dataclass(frozen=True, eq=False)
 class _BernoulliData:
-    """The units collapsed to (group, covariate row) patterns with (base-weighted) counts."""
+    """The units collapsed to (group, covariate row) patterns with (base-weighted) counts,
+    laid out like the solver's controls: padded buckets of groups of similar size, in which
+    the per-group moments are batched matrix products."""
 
-    problem_layout: ControlLayout
-    z: np.ndarray  # (p, D): (1, x) of each pattern
-    group: np.ndarray  # (p,)
-    units: np.ndarray  # (p,) Σ b over the pattern's units
-    treated: np.ndarray  # (p,) Σ b over its treated units
-    indicator: sp.csr_array  # (J, p)
+    layout: ControlLayout
+    units: np.ndarray  # (n_padded,) Σ b over each pattern's units, 0 at padding
+    treated: np.ndarray  # (n_padded,) Σ b over its treated units, 0 at padding
+
+
+# The pattern layout of each design fitted with "auto" so far (it depends on the rows only).
+_DATA: weakref.WeakKeyDictionary[Design, _BernoulliData] = weakref.WeakKeyDictionary()
 
 
 def _bernoulli_data(design: Design) -> _BernoulliData:
-    key = np.column_stack([design.group_codes.astype(float), design.unit_matrix])
-    rows, of_unit = np.unique(key, axis=0, return_inverse=True)
+    if design not in _DATA:
+        _DATA[design] = _lay_out_patterns(design)
+    return _DATA[design]
+
+
+def _lay_out_patterns(design: Design) -> _BernoulliData:
+    key = np.ascontiguousarray(
+        np.column_stack([design.group_codes.astype(float), design.unit_matrix])
+    )
+    # Unique rows through a bytes view: much faster than np.unique(axis=0). The order of the
+    # patterns does not matter, and rows equal as numbers but not as bytes (0.0 and -0.0)
+    # merely stay two patterns: the likelihood is the same.
+    as_bytes = key.view(np.dtype((np.void, key.dtype.itemsize * key.shape[1]))).ravel()
+    _, first, of_unit = np.unique(as_bytes, return_index=True, return_inverse=True)
+    rows = key[first]
     of_unit = of_unit.reshape(-1)
     base = design.unit_weights
     units = np.bincount(of_unit, weights=base, minlength=len(rows))
     treated = np.bincount(of_unit, weights=base * design.treatment, minlength=len(rows))
     group = rows[:, 0].astype(np.int64)
+    every = np.ones(len(rows), dtype=bool)
+    layout = lay_out_controls(rows[:, 1:], ~every, group, design.n_groups, weighted=every)
+    padded_units = np.zeros(len(layout.padding))
+    padded_units[layout.slots] = units[layout.order]
+    padded_treated = np.zeros(len(layout.padding))
+    padded_treated[layout.slots] = treated[layout.order]
+    # The targets of the Bernoulli score: Σ k z per group (solver order).
     z = np.column_stack([np.ones(len(rows)), rows[:, 1:]])
-    n_groups = design.n_groups
-    indicator = sp.csr_array(
-        (np.ones(len(rows)), (group, np.arange(len(rows)))), shape=(n_groups, len(rows))
-    )
-    # A layout without controls: only its group order and target moments Σ k z are used.
-    layout = ControlLayout(
-        buckets=(),
-        group_order=np.arange(n_groups),
-        slots=np.zeros(0, dtype=np.int64),
-        order=np.zeros(0, dtype=np.int64),
-        padding=np.zeros(0),
-        treated_moments=indicator @ (treated[:, None] * z),
-        gram=np.zeros((n_groups, z.shape[1], z.shape[1])),
-    )
-    return _BernoulliData(layout, z, group, units, treated, indicator)
+    target = np.zeros((design.n_groups, z.shape[1]))
+    np.add.at(target, group, treated[:, None] * z)
+    layout = dataclasses.replace(layout, treated_moments=target[layout.group_order])
+    return _BernoulliData(layout, padded_units, padded_treated)
 
 
 def _bernoulli_problem(
@@ -125,10 +146,10 @@ def _bernoulli_problem(
 ) -> CalibratedProblem:
     from hierps.calibrated.fit import hierarchical_problem
 
-    # The priors of the MAP problem, on a layout of all patterns.
+    # The priors of the MAP problem, on the layout of all patterns.
     priors = hierarchical_problem(design, hyperparameters)
     return _problem(
-        data.problem_layout,
+        data.layout,
         design.group_matrix,
         priors.local_index,
         priors.prior_global,
@@ -143,11 +164,11 @@ def _softplus(eta: np.ndarray) -> np.ndarray:
 @dataclass
 class _Mode:
     theta_global: np.ndarray
-    theta_local: np.ndarray
+    theta_local: np.ndarray  # in the solver's group order
     log_marginal: float
 
 
-def _laplace(problem, data: _BernoulliData, start: _Mode | None, tol: float = 1e-9) -> _Mode:
+def _laplace(problem, data: _BernoulliData, start: _Mode | None, tol: float = 1e-7) -> _Mode:
     """The Bernoulli mode by damped block Newton steps, and the Laplace approximation."""
     if start is None:
         theta_global = np.zeros(problem.n_global)
@@ -157,26 +178,27 @@ def _laplace(problem, data: _BernoulliData, start: _Mode | None, tol: float = 1e
     else:
         theta_global, theta_local = start.theta_global.copy(), start.theta_local.copy()
 
-    def evaluate(theta_global, theta_local):
-        coefficients = group_coefficients(problem, theta_global, theta_local)
-        eta = np.einsum("pd,pd->p", data.z, coefficients[data.group])
-        penalty = 0.5 * (
+    def penalty(theta_global, theta_local) -> float:
+        return 0.5 * float(
             problem.prior_global @ theta_global**2 + np.sum(problem.prior_local * theta_local**2)
         )
-        loss = data.units @ _softplus(eta) - data.treated @ eta + penalty
-        return loss, eta
 
-    loss, eta = evaluate(theta_global, theta_local)
-    factorization = None
+    def likelihood_loss(eta) -> float:
+        return float(data.units @ _softplus(eta) - data.treated @ eta)
+
+    eta = _padded_products(problem, group_coefficients(problem, theta_global, theta_local))
+    loss = likelihood_loss(eta) + penalty(theta_global, theta_local)
+    scale = max(1.0, float(data.units.sum()))
     for _ in range(100):
         pi = 0.5 * (1.0 + np.tanh(0.5 * eta))  # the logistic function without overflow
-        first = data.indicator @ ((data.units * pi)[:, None] * data.z)
+        first = _first_moments(problem, data.units * pi)
         gradient_global, gradient_local = _gradient(problem, theta_global, theta_local, first)
-        curvature = data.units * pi * (1.0 - pi)
-        moments = (data.indicator @ (curvature[:, None, None] * data.z[:, :, None] * data.z[:, None, :]).reshape(len(pi), -1)).reshape(problem.n_groups, problem.dimension, problem.dimension)  # fmt: skip
+        moments = accumulate_moments(problem, data.units * pi * (1.0 - pi))
         factorization = _factorize(problem, moments)
-        largest = max(np.abs(gradient_global).max(initial=0.0), np.abs(gradient_local).max(initial=0.0))
-        if largest <= tol * max(1.0, data.units.sum()) ** 0.5:
+        largest = max(
+            np.abs(gradient_global).max(initial=0.0), np.abs(gradient_local).max(initial=0.0)
+        )
+        if largest <= tol * np.sqrt(scale):
             break
         step_global, step_local = _newton_direction(
             problem, factorization, gradient_global, gradient_local
@@ -184,17 +206,19 @@ def _laplace(problem, data: _BernoulliData, start: _Mode | None, tol: float = 1e
         slope = gradient_global @ step_global + np.sum(gradient_local * step_local)
         if -slope <= 1e-13 * max(1.0, abs(loss)):  # the Newton decrement is at rounding level
             break
+        step_eta = _padded_products(problem, group_coefficients(problem, step_global, step_local))
         t = 1.0
         while t > 1e-10:
-            trial = evaluate(theta_global + t * step_global, theta_local + t * step_local)
-            if trial[0] <= loss + 1e-4 * t * slope:
+            trial_global = theta_global + t * step_global
+            trial_local = theta_local + t * step_local
+            trial_eta = eta + t * step_eta
+            trial = likelihood_loss(trial_eta) + penalty(trial_global, trial_local)
+            if trial <= loss + 1e-4 * t * slope:
                 break
             t *= 0.5
         else:
             break
-        theta_global = theta_global + t * step_global
-        theta_local = theta_local + t * step_local
-        loss, eta = trial
+        theta_global, theta_local, eta, loss = trial_global, trial_local, trial_eta, trial
     else:
         raise ConvergenceError("the Bernoulli mode of the empirical-Bayes step did not converge")
     # log det H = Σ_j log det L_j + log det S: from the inverses the factorization keeps.
@@ -239,7 +263,16 @@ def estimate_scales(
     -------
     ScaleSelection
     """
-    names = [name for name in names if not (name == "sigma_beta" and not design.varying.any())]
+    unknown = set(names) - {"sigma_alpha", "sigma_beta"}
+    if unknown:
+        raise ValueError(f"only sigma_alpha and sigma_beta can be estimated, not {sorted(unknown)}")
+    # In a fixed order (the grid below starts sigma_alpha at one value, sigma_beta on a grid);
+    # without varying slopes there is no sigma_beta to estimate.
+    names = [
+        name
+        for name in ("sigma_alpha", "sigma_beta")
+        if name in names and (name == "sigma_alpha" or design.varying.any())
+    ]
     data = _bernoulli_data(design)
     n_varying = int(design.varying.sum())
     low, high = np.log(SCALE_BOUNDS)
@@ -260,20 +293,22 @@ def estimate_scales(
     if not names:
         raise ValueError("there is no scale to estimate: the model has no varying slopes")
     with _BLAS.limit(limits=1, user_api="blas"):
-        # A coarse grid first: the marginal likelihood may be flat or have its maximum at a
-        # bound, where a local search from one start can stall.
+        # A coarse grid of sigma_beta first (the marginal likelihood may be flat or peak at
+        # a bound, where a local search from one start can stall), then Nelder-Mead on the
+        # log scales: log σ to about 0.02 is far finer than the weights can tell apart.
         grid = np.log([0.01, 0.1, 0.3, 1.0, 3.0])
-        if len(names) == 1:
+        if names == ["sigma_alpha"]:
             starts = [np.array([g]) for g in grid]
         else:
-            starts = [np.array([a, b]) for a in grid[1:] for b in grid]
+            alpha_start = [np.log(0.3)] if "sigma_alpha" in names else []
+            starts = [np.array([*alpha_start, g]) for g in grid]
         best = min(starts, key=negative)
+        simplex = np.vstack([best, best + 0.7 * np.eye(len(names))])
         found = scipy.optimize.minimize(
-            negative,
+            lambda v: negative(np.clip(v, low, high)),
             best,
-            method="L-BFGS-B",
-            bounds=[(low, high)] * len(names),
-            options={"eps": 1e-4},
+            method="Nelder-Mead",
+            options={"initial_simplex": simplex, "xatol": 0.02, "fatol": 1e-3},
         )
     optimum = np.clip(found.x, low, high)
     at_bound = tuple(
