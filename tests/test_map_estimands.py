@@ -152,7 +152,9 @@ def test_ate_with_one_group_and_flat_priors_is_two_sided_entropy_balancing():
         assert w[arm].sum() == pytest.approx(len(x), rel=1e-6)
     # The ATE is the difference of the two weighted outcome means.
     y = frame["y"].to_numpy()
-    expected = np.average(y[treated], weights=w[treated]) - np.average(y[~treated], weights=w[~treated])
+    expected = np.average(y[treated], weights=w[treated]) - np.average(
+        y[~treated], weights=w[~treated]
+    )
     assert fit.ate == pytest.approx(expected, rel=1e-10)
 
 
@@ -208,7 +210,9 @@ def test_integer_base_weights_equal_replicated_rows(estimand):
     # Balance before and after weighting is that of the replicated rows too.
     columns = ["smd_before", "smd_after", "control_mean_before", "control_mean_after"]
     np.testing.assert_allclose(
-        fit_w.balance()[columns].to_numpy(), fit_r.balance()[columns].to_numpy(), rtol=1e-8,
+        fit_w.balance()[columns].to_numpy(),
+        fit_r.balance()[columns].to_numpy(),
+        rtol=1e-8,
         atol=1e-10,
     )
 
@@ -224,3 +228,71 @@ def test_base_weights_are_validated_by_row():
         hierps.Model(frame, **roles, weights="b")
     with pytest.raises(DataError, match="'nope'"):
         hierps.Model(frame, **roles, weights="nope")
+
+
+def fake_posterior(fit, sign: float = 1.0, draws: int = 3):
+    """A posterior whose every draw is the MAP coefficients (times ``sign``)."""
+    import xarray as xr
+
+    c = fit.coefficients
+    alpha = sign * c["alpha"].to_numpy()
+    beta = sign * c["beta"].to_numpy()
+    posterior = xr.Dataset(
+        {
+            "alpha": (("chain", "draw", "group"), np.broadcast_to(alpha, (1, draws, *alpha.shape))),
+            "beta": (
+                ("chain", "draw", "group", "unit_covariate"),
+                np.broadcast_to(beta, (1, draws, *beta.shape)),
+            ),
+        },
+        coords={
+            "chain": [0],
+            "draw": np.arange(draws),
+            "group": c["group"].values,
+            "unit_covariate": c["unit_covariate"].values,
+        },
+    )
+    return xr.DataTree.from_dict({"posterior": posterior})
+
+
+@pytest.mark.parametrize("base", [False, True], ids=["unweighted", "base weights"])
+@pytest.mark.parametrize("estimand", ["att", "atc"])
+def test_posterior_effects_of_the_map_coefficients_are_the_map_effects(estimand, base):
+    from hierps.posterior.draws import from_idata
+
+    frame, roles = make_frame(seed=12, sizes=(10, 60), n_groups=5)
+    if base:
+        frame = with_base_weights(frame, seed=2)
+    model = hierps.Model(frame, **roles, weights="b" if base else None)
+    fit = fit_quietly(model, estimand=estimand)
+    # The ATC problem models the log odds of control: its posterior analogue is −η.
+    idata = fake_posterior(fit, sign=1.0 if estimand == "att" else -1.0)
+    result = from_idata(model.design, idata, uncertainty="propensity", estimand=estimand)
+    np.testing.assert_allclose(
+        result.group_effects["estimate"], fit.group_effects["estimate"], rtol=1e-9
+    )
+    assert result.overall_effect["estimate"].iloc[0] == pytest.approx(fit.overall_effect)
+    np.testing.assert_allclose(result.weights, fit.weights, rtol=1e-9)
+    if base:
+        assert "pseudo" in result.idata["estimands"].attrs["likelihood"]
+    with pytest.raises(ValueError, match="calibrated loss"):
+        from hierps.posterior.draws import check_estimand_loss
+
+        check_estimand_loss("atc", "calibrated")
+
+
+def test_posterior_bootstrap_multiplies_the_base_weights():
+    from hierps.posterior.draws import from_idata
+
+    frame, roles = make_frame(seed=13, sizes=(10, 60), n_groups=5)
+    frame = with_base_weights(frame, seed=5)
+    model = hierps.Model(frame, **roles, weights="b")
+    fit = fit_quietly(model)
+    result = from_idata(
+        model.design, fake_posterior(fit, draws=400), estimand="ate", random_seed=1
+    )
+    draws = result.idata["estimands"]["ate"].to_numpy().ravel()
+    # The draws vary (bootstrap) around the estimate from the same weights without it.
+    plain = from_idata(model.design, fake_posterior(fit), estimand="ate", uncertainty="propensity")
+    assert draws.std() > 0
+    assert abs(draws.mean() - plain.ate["estimate"].iloc[0]) < 3 * draws.std()

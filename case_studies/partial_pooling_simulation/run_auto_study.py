@@ -161,7 +161,9 @@ def ratios(table: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(table: pd.DataFrame) -> str:
     wide = table.pivot_table(
-        index=["design", "method"], columns="level", values=["rmse", "bias", "coverage"],
+        index=["design", "method"],
+        columns="level",
+        values=["rmse", "bias", "coverage"],
         sort=False,
     )
     wide.columns = [f"{level} {stat}" for stat, level in wide.columns]
@@ -172,8 +174,12 @@ def markdown(table: pd.DataFrame) -> str:
     for _, row in wide.iterrows():
         values = " | ".join(f"{row[c]:.3f}" for c in columns)
         lines.append(f"| {row['design']} | {row['method']} | {values} |")
-    lines += ["", "| design | level | best fixed | its RMSE | auto RMSE | auto / best | "
-              "σβ=1 RMSE | auto / σβ=1 |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| design | level | best fixed | its RMSE | auto RMSE | auto / best | "
+        "σβ=1 RMSE | auto / σβ=1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in ratios(table).iterrows():
         lines.append(
             f"| {r['design']} | {r['level']} | {r['best_fixed']} | {r['best_rmse']:.3f} | "

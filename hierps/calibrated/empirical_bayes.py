@@ -225,9 +225,9 @@ def _laplace(problem, data: _BernoulliData, start: _Mode | None, tol: float = 1e
     log_det = -np.linalg.slogdet(factorization.schur_inverse)[1]
     if problem.n_local:
         log_det -= np.linalg.slogdet(factorization.local_inverse)[1].sum()
-    log_det_prior = np.log(problem.prior_global).sum() + problem.n_groups * np.log(
-        problem.prior_local
-    ).sum()
+    log_det_prior = (
+        np.log(problem.prior_global).sum() + problem.n_groups * np.log(problem.prior_local).sum()
+    )
     log_marginal = -loss + 0.5 * log_det_prior - 0.5 * log_det
     return _Mode(theta_global, theta_local, float(log_marginal))
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import xarray as xr
-
-from typing import TYPE_CHECKING
 
 from hierps.calibrated.estimands import ESTIMANDS, Arm, arm_layout, arms_of
 from hierps.calibrated.newton import NewtonTrace, newton_solve
@@ -69,7 +68,9 @@ def _relative_to_largest(
     totals = {
         "count": per_group(np.add, np.ones(len(codes)), 0.0),
         "share": np.divide(
-            top, per_group(np.add, balancing, 0.0), out=np.zeros(design.n_groups),
+            top,
+            per_group(np.add, balancing, 0.0),
+            out=np.zeros(design.n_groups),
             where=top > 0,
         ),
         "weight": per_group(np.add, trace.control_weights, 0.0),

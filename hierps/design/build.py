@@ -364,7 +364,9 @@ def _scaling(
         return _weighted_moments(frame, weights if mask is None else weights[mask])[0]
 
     def spread(frame: pd.DataFrame, mask: np.ndarray | None = None) -> pd.Series:
-        return _spread(frame, None if weights is None else (weights if mask is None else weights[mask]))
+        return _spread(
+            frame, None if weights is None else (weights if mask is None else weights[mask])
+        )
 
     overall_sd = spread(values)
     constant = [name for name in values.columns if not overall_sd[name] > 0]
