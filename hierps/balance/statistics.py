@@ -234,30 +234,37 @@ def weighted_variance(
     return variance[0] if squeeze else variance
 
 
-def variance_ratios(design: Design, weights: np.ndarray) -> tuple[np.ndarray, ...]:
+def variance_ratios(
+    design: Design, weights: np.ndarray, estimand: str = "att"
+) -> tuple[np.ndarray, ...]:
     """Treated variance over control variance before and after weighting.
 
     Returns ``(global_before, global_after)`` of shape ``(K,)`` over unit then group
     covariates and ``(group_before, group_after)`` of shape ``(J, K_unit)``. Columns holding
     two values only get NaN: their variance is fixed by their mean, so the ratio adds nothing
-    to the SMD (cobalt reports none either). Treated units count with weight 1.
+    to the SMD (cobalt reports none either). Before weighting every unit counts with its base
+    weight (1 without base weights); after weighting the treated keep it for the ATT and
+    carry ``weights`` for the ATC and ATE.
     """
     _, values, n_unit = covariate_values(design)
     treated = design.treatment == 1
-    control = np.where(treated, 0.0, 1.0)
+    base = design.unit_weights
+    control = np.where(treated, 0.0, base)
     control_weights = np.where(treated, 0.0, weights)
+    treated_before = np.where(treated, base, 0.0)
+    treated_after = treated_before if estimand == "att" else np.where(treated, weights, 0.0)
     binary = binary_covariates(values)
     with np.errstate(invalid="ignore", divide="ignore"):
-        treated_var = weighted_variance(values, treated.astype(float))
         out = [
-            treated_var / weighted_variance(values, control),
-            treated_var / weighted_variance(values, control_weights),
+            weighted_variance(values, treated_before) / weighted_variance(values, control),
+            weighted_variance(values, treated_after) / weighted_variance(values, control_weights),
         ]
         unit, codes, n_groups = values[:, :n_unit], design.group_codes, design.n_groups
-        treated_group = weighted_variance(unit, treated.astype(float), codes, n_groups)
         out += [
-            treated_group / weighted_variance(unit, control, codes, n_groups),
-            treated_group / weighted_variance(unit, control_weights, codes, n_groups),
+            weighted_variance(unit, treated_before, codes, n_groups)
+            / weighted_variance(unit, control, codes, n_groups),
+            weighted_variance(unit, treated_after, codes, n_groups)
+            / weighted_variance(unit, control_weights, codes, n_groups),
         ]
     masks = [binary, binary, binary[:n_unit], binary[:n_unit]]
     return tuple(np.where(mask, np.nan, ratio) for ratio, mask in zip(out, masks, strict=True))
