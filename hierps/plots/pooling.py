@@ -37,7 +37,8 @@ def plot_pooling_path(
     path_table
         The table of :func:`hierps.pooling_path` (indexed by ``sigma_beta``).
     chosen
-        A ``sigma_beta`` to mark.
+        A ``sigma_beta`` to mark. The empirical-Bayes value of a path traced with
+        ``auto=True`` is marked too (dashed).
     threshold
         |SMD| reference line; ``None`` for none.
     ax
@@ -87,6 +88,20 @@ def plot_pooling_path(
         twin.set_ylim(bottom=0)
         twin.set_ylabel("effective sample size of the controls", color=COLORS["ess"])
         twin.tick_params(axis="y", colors=COLORS["ess"])
+        auto = path_table.attrs.get("auto")
+        if auto and "sigma_beta" in auto:
+            # The empirical-Bayes choice of pooling_path(..., auto=True).
+            ax.axvline(auto["sigma_beta"], color=COLORS["map"], linewidth=1, linestyle="--")
+            ax.annotate(
+                rf"empirical Bayes $\sigma_\beta$ = {auto['sigma_beta']:.3g}",
+                xy=(auto["sigma_beta"], 0.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, 3),
+                textcoords="offset points",
+                va="bottom",
+                fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )
         if chosen is not None:
             ax.axvline(chosen, color=COLORS["reference"], linewidth=1)
             ax.annotate(
