@@ -36,6 +36,17 @@ COVARIATES = ["age", "race", "education", "povertyr", "bmi"]
 FORMULA = "age + race + education + povertyr + bmi ~ 1 + strata"
 
 
+# The NHANES examination sampling weight (and the interview weight): used as base weights when
+# the extract carries one. natstrat's nh0506 extract does not, so the analysis is unweighted.
+SURVEY_WEIGHTS = ("WTMEC2YR", "WTINT2YR")
+
+
+def survey_weight_column(frame: pd.DataFrame) -> str | None:
+    """The NHANES sampling-weight column of the frame, if it has one."""
+    columns = {str(column).upper(): column for column in frame.columns}
+    return next((columns[name] for name in SURVEY_WEIGHTS if name in columns), None)
+
+
 def load() -> pd.DataFrame:
     frame = hierps.datasets.load_nh0506()
     frame["age_cat"] = pd.cut(
@@ -80,6 +91,12 @@ def effect(frame: pd.DataFrame, weights: np.ndarray) -> float:
 
 def main() -> None:
     frame = load()
+    weights = survey_weight_column(frame)
+    print(
+        f"survey weights: {weights}"
+        if weights
+        else "survey weights: none in the nh0506 extract (no WTMEC2YR); the analysis is unweighted"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hierps.HierpsWarning)
         model = hierps.Model(
@@ -89,6 +106,7 @@ def main() -> None:
             outcome="homocysteine",
             unit_covariates=COVARIATES,
             varying_slopes=None,
+            weights=weights,
         )
         constraints = hierps.generate_constraints([FORMULA], frame["z"], frame)
         natstrat = hierps.constraint_weights(constraints, frame["z"], scale=1.0)
