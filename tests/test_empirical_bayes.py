@@ -52,9 +52,7 @@ def dense_laplace(design, base=None, **scales) -> float:
     )
     pi = 1 / (1 + np.exp(-(columns @ found.x)))
     hessian = (columns * (b * pi * (1 - pi))[:, None]).T @ columns + np.diag(precision)
-    return float(
-        -found.fun + 0.5 * np.log(precision).sum() - 0.5 * np.linalg.slogdet(hessian)[1]
-    )
+    return float(-found.fun + 0.5 * np.log(precision).sum() - 0.5 * np.linalg.slogdet(hessian)[1])
 
 
 @pytest.mark.parametrize("base", [False, True], ids=["unweighted", "base weights"])
@@ -154,3 +152,36 @@ def test_model_files_accept_auto_weights_and_estimand():
                 "map": {"sigma_beta": "guess"},
             }
         )
+
+
+@pytest.mark.parametrize("varying", [None, ["x1"]], ids=["all slopes vary", "one slope varies"])
+def test_log_scale_gradient_equals_finite_differences(varying):
+    from hierps.calibrated import empirical_bayes as eb
+
+    frame, roles = make_frame(seed=33, sizes=(5, 40), n_groups=6, n_unit=2, n_group=1)
+    frame["b"] = np.random.default_rng(1).uniform(0.5, 2.0, len(frame))
+    design = hierps.Model(frame, **roles, varying_slopes=varying, weights="b").design
+    data = eb._bernoulli_data(design)
+    n_varying = int(design.varying.sum())
+    masks = [np.arange(1 + n_varying) == 0, np.arange(1 + n_varying) > 0]
+
+    def laplace(log_alpha, log_beta, with_gradient=False):
+        h = MapHyperparameters.from_user(
+            n_varying, sigma_alpha=np.exp(log_alpha), sigma_beta=np.exp(log_beta)
+        )
+        mode = eb._laplace(
+            eb._bernoulli_problem(design, data, h),
+            data,
+            None,
+            tol=1e-11,
+            masks=masks if with_gradient else (),
+        )
+        return mode.log_marginal, mode.gradient
+
+    point, step = (np.log(0.7), np.log(0.4)), 1e-5
+    _, gradient = laplace(*point, with_gradient=True)
+    numeric = [
+        (laplace(point[0] + step, point[1])[0] - laplace(point[0] - step, point[1])[0]) / 2 / step,
+        (laplace(point[0], point[1] + step)[0] - laplace(point[0], point[1] - step)[0]) / 2 / step,
+    ]
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-6)

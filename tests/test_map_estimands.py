@@ -288,11 +288,21 @@ def test_posterior_bootstrap_multiplies_the_base_weights():
     frame = with_base_weights(frame, seed=5)
     model = hierps.Model(frame, **roles, weights="b")
     fit = fit_quietly(model)
-    result = from_idata(
-        model.design, fake_posterior(fit, draws=400), estimand="ate", random_seed=1
-    )
+    result = from_idata(model.design, fake_posterior(fit, draws=400), estimand="ate", random_seed=1)
     draws = result.idata["estimands"]["ate"].to_numpy().ravel()
     # The draws vary (bootstrap) around the estimate from the same weights without it.
     plain = from_idata(model.design, fake_posterior(fit), estimand="ate", uncertainty="propensity")
     assert draws.std() > 0
     assert abs(draws.mean() - plain.ate["estimate"].iloc[0]) < 3 * draws.std()
+
+
+def test_two_arm_standard_errors_reduce_to_the_att_formula():
+    from hierps.effects.catt_pooling import _two_arm_standard_errors, map_standard_errors
+
+    frame, roles = make_frame(seed=14, sizes=(3, 60), n_groups=6)
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model)
+    np.testing.assert_allclose(_two_arm_standard_errors(fit), map_standard_errors(fit), rtol=1e-10)
+    for estimand in ("atc", "ate"):
+        se = map_standard_errors(fit_quietly(model, estimand=estimand))
+        assert np.all(np.isfinite(se)) and np.all(se > 0)

@@ -100,6 +100,8 @@ class _BernoulliData:
     layout: ControlLayout
     units: np.ndarray  # (n_padded,) Σ b over each pattern's units, 0 at padding
     treated: np.ndarray  # (n_padded,) Σ b over its treated units, 0 at padding
+    slot_z: np.ndarray  # (n_padded, D): z of every slot (0 at padding)
+    slot_group: np.ndarray  # (n_padded,): its group, in the solver's order
 
 
 # The pattern layout of each design fitted with "auto" so far (it depends on the rows only).
@@ -138,7 +140,11 @@ def _lay_out_patterns(design: Design) -> _BernoulliData:
     target = np.zeros((design.n_groups, z.shape[1]))
     np.add.at(target, group, treated[:, None] * z)
     layout = dataclasses.replace(layout, treated_moments=target[layout.group_order])
-    return _BernoulliData(layout, padded_units, padded_treated)
+    slot_z = np.concatenate([b.z_rows.reshape(-1, z.shape[1]) for b in layout.buckets])
+    slot_group = np.concatenate(
+        [np.repeat(np.arange(b.groups.start, b.groups.stop), b.z.shape[2]) for b in layout.buckets]
+    )
+    return _BernoulliData(layout, padded_units, padded_treated, slot_z, slot_group)
 
 
 def _bernoulli_problem(
@@ -166,9 +172,72 @@ class _Mode:
     theta_global: np.ndarray
     theta_local: np.ndarray  # in the solver's group order
     log_marginal: float
+    gradient: np.ndarray | None = None  # d log p(T | σ) / d log σ, one per scale asked for
 
 
-def _laplace(problem, data: _BernoulliData, start: _Mode | None, tol: float = 1e-7) -> _Mode:
+def _log_scale_gradient(
+    problem: CalibratedProblem,
+    data: _BernoulliData,
+    factorization,
+    moments: np.ndarray,
+    theta_local: np.ndarray,
+    eta: np.ndarray,
+    masks: Sequence[np.ndarray],
+) -> np.ndarray:
+    """The exact gradient of the Laplace approximation with respect to the log scales.
+
+    For a scale σ_s whose prior precisions ``P_s`` are the local entries ``mask``
+    (``∂P/∂ρ = −2 P_s``, ``ρ = log σ_s``)::
+
+        dL/dρ = θ̂'P_sθ̂ − n_s + tr(H⁻¹P_s) − ½ Σ_i ℓ‴_i (g_i'θ̂_ρ) g_i'H⁻¹g_i,
+
+    ``θ̂_ρ = 2 H⁻¹ P_s θ̂`` the move of the mode, ``ℓ‴_i = m_i π_i(1 − π_i)(1 − 2π_i)`` and
+    ``g_i'H⁻¹g_i`` each pattern's leverage. Block inversion gives both the diagonal of ``H⁻¹``
+    and the leverages from the group blocks ``L_j⁻¹`` and the Schur complement ``S⁻¹``:
+    ``g'H⁻¹g = b'L_j⁻¹b + q'S⁻¹q`` with ``b = Bz``, ``q = A_j (z − N_j'L_j⁻¹ b)``.
+    """
+    local = problem.local_index
+    local_inverse, schur_inverse = factorization.local_inverse, factorization.schur_inverse
+    coupling = moments[:, local, :]  # N_j = B M_j (J, K, D)
+    design = problem.intercept_design  # (J, 1 + p)
+    # C_j = N_j A_j' (J, K, G): the coupling of group j's deviations with the globals.
+    cross = np.concatenate([coupling[:, :, :1] * design[:, None, :], coupling[:, :, 1:]], axis=2)
+    solved = local_inverse @ cross  # L_j⁻¹ C_j
+    inverse_diagonal = np.diagonal(local_inverse, axis1=1, axis2=2) + np.einsum(
+        "jkg,gh,jkh->jk", solved, schur_inverse, solved
+    )
+    group, z = data.slot_group, data.slot_z
+    b = z[:, local]
+    t = np.einsum("skl,sl->sk", local_inverse[group], b)
+    r = z - np.einsum("skd,sk->sd", coupling[group], t)
+    q = np.concatenate([r[:, :1] * design[group], r[:, 1:]], axis=1)
+    leverage = np.einsum("sk,sk->s", b, t) + np.einsum("sg,gh,sh->s", q, schur_inverse, q)
+    pi = 0.5 * (1.0 + np.tanh(0.5 * eta))
+    third = data.units * pi * (1.0 - pi) * (1.0 - 2.0 * pi)
+    prior = problem.prior_local
+    out = []
+    for mask in masks:
+        pulled = np.where(mask, prior * theta_local, 0.0)  # P_s θ̂ (local entries only)
+        move_global, move_local = _newton_direction(
+            problem, factorization, np.zeros(problem.n_global), -2.0 * pulled
+        )
+        move_eta = _padded_products(problem, group_coefficients(problem, move_global, move_local))
+        out.append(
+            float(np.sum(pulled * theta_local))
+            - problem.n_groups * int(mask.sum())
+            + float(np.sum(inverse_diagonal[:, mask] * prior[mask]))
+            - 0.5 * float(np.sum(third * move_eta * leverage))
+        )
+    return np.array(out)
+
+
+def _laplace(
+    problem,
+    data: _BernoulliData,
+    start: _Mode | None,
+    tol: float = 1e-7,
+    masks: Sequence[np.ndarray] = (),
+) -> _Mode:
     """The Bernoulli mode by damped block Newton steps, and the Laplace approximation."""
     if start is None:
         theta_global = np.zeros(problem.n_global)
@@ -229,7 +298,12 @@ def _laplace(problem, data: _BernoulliData, start: _Mode | None, tol: float = 1e
         np.log(problem.prior_global).sum() + problem.n_groups * np.log(problem.prior_local).sum()
     )
     log_marginal = -loss + 0.5 * log_det_prior - 0.5 * log_det
-    return _Mode(theta_global, theta_local, float(log_marginal))
+    gradient = None
+    if masks:
+        gradient = _log_scale_gradient(
+            problem, data, factorization, moments, theta_local, eta, masks
+        )
+    return _Mode(theta_global, theta_local, float(log_marginal), gradient)
 
 
 def laplace_log_marginal(design: Design, **scales: float) -> float:
@@ -273,42 +347,48 @@ def estimate_scales(
         for name in ("sigma_alpha", "sigma_beta")
         if name in names and (name == "sigma_alpha" or design.varying.any())
     ]
+    if not names:
+        raise ValueError("there is no scale to estimate: the model has no varying slopes")
     data = _bernoulli_data(design)
     n_varying = int(design.varying.sum())
+    n_local = 1 + n_varying
+    # The local prior entries each scale sets: the group intercepts, or every varying slope.
+    masks = [
+        np.arange(n_local) == 0 if name == "sigma_alpha" else np.arange(n_local) > 0
+        for name in names
+    ]
     low, high = np.log(SCALE_BOUNDS)
-    cache: dict[tuple[float, ...], float] = {}
+    cache: dict[tuple[float, ...], tuple[float, np.ndarray]] = {}
     last: list[_Mode | None] = [None]
 
-    def negative(log_scales: np.ndarray) -> float:
+    def negative(log_scales: np.ndarray) -> tuple[float, np.ndarray]:
         key = tuple(np.round(log_scales, 12))
         if key not in cache:
             values: Mapping[str, float] = dict(zip(names, np.exp(log_scales), strict=True))
             hyperparameters = MapHyperparameters.from_user(n_varying, **fixed, **values)
             problem = _bernoulli_problem(design, data, hyperparameters)
-            mode = _laplace(problem, data, last[0])
+            mode = _laplace(problem, data, last[0], masks=masks)
             last[0] = mode  # warm start the next evaluation
-            cache[key] = -mode.log_marginal
+            cache[key] = (-mode.log_marginal, -mode.gradient)
         return cache[key]
 
-    if not names:
-        raise ValueError("there is no scale to estimate: the model has no varying slopes")
     with _BLAS.limit(limits=1, user_api="blas"):
-        # A coarse grid of sigma_beta first (the marginal likelihood may be flat or peak at
-        # a bound, where a local search from one start can stall), then Nelder-Mead on the
-        # log scales: log σ to about 0.02 is far finer than the weights can tell apart.
-        grid = np.log([0.01, 0.1, 0.3, 1.0, 3.0])
+        # Quasi-Newton steps on the log scales with the exact gradient, from the better of
+        # little and much slope pooling (the likelihood may be flat towards a bound, where
+        # one start can stall); log σ to ~1e-3 is far finer than the weights can tell apart.
         if names == ["sigma_alpha"]:
-            starts = [np.array([g]) for g in grid]
+            starts = [np.array([0.0])]
         else:
-            alpha_start = [np.log(0.3)] if "sigma_alpha" in names else []
-            starts = [np.array([*alpha_start, g]) for g in grid]
-        best = min(starts, key=negative)
-        simplex = np.vstack([best, best + 0.7 * np.eye(len(names))])
+            alpha_start = [0.0] if "sigma_alpha" in names else []
+            starts = [np.array([*alpha_start, g]) for g in np.log([0.1, 1.0])]
+        best = min(starts, key=lambda start: negative(start)[0])
         found = scipy.optimize.minimize(
-            lambda v: negative(np.clip(v, low, high)),
+            negative,
             best,
-            method="Nelder-Mead",
-            options={"initial_simplex": simplex, "xatol": 0.02, "fatol": 1e-3},
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(low, high)] * len(names),
+            options={"ftol": 1e-10, "gtol": 1e-3},
         )
     optimum = np.clip(found.x, low, high)
     at_bound = tuple(
@@ -321,7 +401,8 @@ def estimate_scales(
         log_marginal_likelihood=-float(found.fun),
         method=(
             "empirical Bayes: Laplace-approximate marginal likelihood of the Bernoulli "
-            "hierarchical propensity model, maximized over log scale"
+            "hierarchical propensity model, maximized over the log scales (L-BFGS-B, exact "
+            "gradient)"
         ),
         evaluations=len(cache),
         at_bound=at_bound,
