@@ -147,8 +147,10 @@ class Model:
 
         ``options`` are the keyword arguments of :func:`hierps.calibrated.fit.fit_map`
         (``sigma_alpha``, ``sigma_beta``, ``sigma_mu_beta``, ``sigma_gamma``,
-        ``sigma_intercept``, ``tol``, ``max_iterations``, ``init``); an unknown one raises
-        ``TypeError``.
+        ``sigma_intercept``, ``estimand`` (``"att"``, ``"atc"`` or ``"ate"``), ``tol``,
+        ``max_iterations``, ``init``); an unknown one raises ``TypeError``.
+        ``sigma_alpha="auto"`` and ``sigma_beta="auto"`` estimate those scales from the data
+        (empirical Bayes; see ``result.selection``).
         """
         return fit_map(self.design, **options)
 

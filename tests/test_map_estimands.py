@@ -306,3 +306,45 @@ def test_two_arm_standard_errors_reduce_to_the_att_formula():
     for estimand in ("atc", "ate"):
         se = map_standard_errors(fit_quietly(model, estimand=estimand))
         assert np.all(np.isfinite(se)) and np.all(se > 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["bernoulli", "calibrated"])
+def test_weighted_pymc_density_is_the_density_of_replicated_rows(loss):
+    frame, roles = make_frame(seed=15, sizes=(5, 30), n_groups=4, n_unit=2, n_group=1)
+    frame = with_base_weights(frame, seed=6, integer=True)
+    replicated = frame.loc[frame.index.repeat(frame["b"])].reset_index(drop=True)
+    fixed = dict(sigma_alpha=0.8, sigma_beta=0.6)
+    weighted_model = hierps.Model(frame, **roles, weights="b").build_pymc(loss=loss, **fixed)
+    replicated_model = hierps.Model(replicated, **roles).build_pymc(loss=loss, **fixed)
+    assert ("weighted_likelihood" if loss == "bernoulli" else "calibrated_loss") in {
+        potential.name for potential in weighted_model.potentials
+    }
+    rng = np.random.default_rng(0)
+    weighted_logp = weighted_model.compile_logp()
+    replicated_logp = replicated_model.compile_logp()
+    for _ in range(3):
+        point = {
+            rv.name: rng.normal(scale=0.5, size=weighted_model.initial_point()[rv.name].shape)
+            for rv in weighted_model.free_RVs
+        }
+        assert weighted_logp(point) == pytest.approx(replicated_logp(point), rel=1e-10)
+
+
+@pytest.mark.slow
+def test_sampling_the_atc_with_base_weights():
+    frame, roles = make_frame(seed=16, sizes=(10, 40), n_groups=4, n_unit=2, n_group=1)
+    frame = with_base_weights(frame, seed=7)
+    model = hierps.Model(frame, **roles, weights="b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = model.sample(
+            estimand="atc", draws=100, tune=100, chains=1, random_seed=1, progressbar=False
+        )
+    assert result.estimand == "atc"
+    assert list(result.catc.index) == list(model.design.groups)
+    assert np.isfinite(result.atc["estimate"].iloc[0])
+    assert "pseudo-posterior" in result.idata["estimands"].attrs["likelihood"]
+    assert "weighted_likelihood" not in result.idata["posterior"]
+    with pytest.raises(ValueError, match="ATC"):
+        _ = result.att
