@@ -111,15 +111,18 @@ class Model:
         data: pd.DataFrame,
         outcome: str | None = None,
         standardize: bool | str = True,
+        weights: str | None = None,
     ) -> Model:
         """Build a model from a Bambi-style formula.
 
         ``"Z ~ S3 + C(C1) + X1 + (S3 | schoolid)"``: the response is the treatment; terms
         constant within every group become group covariates; terms inside ``( … | group)``
         get varying slopes; the other terms get fixed slopes. ``C(x)`` marks ``x`` as
-        categorical. The result is the same design as the keyword constructor gives.
+        categorical. The result is the same design as the keyword constructor gives;
+        ``weights`` names a base-weight column as there.
         """
-        return cls.from_roles(data, roles_from_formula(formula, data, outcome=outcome), standardize)
+        roles = roles_from_formula(formula, data, outcome=outcome)
+        return cls.from_roles(data, dataclasses.replace(roles, weights=weights), standardize)
 
     @classmethod
     def from_roles(

@@ -373,18 +373,13 @@ def estimate_scales(
         return cache[key]
 
     with _BLAS.limit(limits=1, user_api="blas"):
-        # Quasi-Newton steps on the log scales with the exact gradient, from the better of
-        # little and much slope pooling (the likelihood may be flat towards a bound, where
-        # one start can stall); log σ to ~1e-3 is far finer than the weights can tell apart.
-        if names == ["sigma_alpha"]:
-            starts = [np.array([0.0])]
-        else:
-            alpha_start = [0.0] if "sigma_alpha" in names else []
-            starts = [np.array([*alpha_start, g]) for g in np.log([0.1, 1.0])]
-        best = min(starts, key=lambda start: negative(start)[0])
+        # Quasi-Newton steps on the log scales with the exact gradient, from σ_α = 1 and
+        # σ_β = 0.3 (the middle of the pooling path on a log scale); log σ to ~1e-3 is far
+        # finer than the weights can tell apart.
+        start = np.array([0.0 if name == "sigma_alpha" else np.log(0.3) for name in names])
         found = scipy.optimize.minimize(
             negative,
-            best,
+            start,
             jac=True,
             method="L-BFGS-B",
             bounds=[(low, high)] * len(names),
