@@ -26,13 +26,19 @@ _LABELS = {
 def _effect_tables(result: Any, map_result: Any) -> tuple[Any, pd.DataFrame | None, Any]:
     """The design, the posterior CATT table (or None) and the MAP result (or None)."""
     if hasattr(result, "idata"):
-        return result.design, result.group_effects, map_result
+        return result.design, _group_effects(result), map_result
     if map_result is not None:
         raise ValueError(
             "give the posterior result first and the MAP result as map_result=, or a MAP "
             "result alone"
         )
     return result.design, None, result
+
+
+def _group_effects(result: Any) -> pd.DataFrame:
+    """The group-effect table of any estimand (``.catt`` of results that predate the others)."""
+    table = getattr(result, "group_effects", None)
+    return result.catt if table is None else table
 
 
 def _overall_effect(result: Any) -> float:
@@ -101,7 +107,7 @@ def plot_catt(
             posterior[["mean", "lower", "upper"]], groups, "result.catt"
         )
     if map_fit is not None:
-        estimates["map"] = map_fit.group_effects["estimate"].to_numpy()
+        estimates["map"] = _group_effects(map_fit)["estimate"].to_numpy()
     if pooled is not None:
         missing = {"mean", "lower", "upper"} - set(pooled.columns)
         if missing:
@@ -233,8 +239,8 @@ def plot_map_vs_posterior(
     positive = (map_weights > 0) & (post_weights > 0) & np.isfinite(map_weights * post_weights)
 
     catt = pd.DataFrame(
-        {"map": map_result.group_effects["estimate"].to_numpy()}, index=design.groups
-    ).join(posterior_result.group_effects[["mean", "lower", "upper"]].set_axis(design.groups))
+        {"map": _group_effects(map_result)["estimate"].to_numpy()}, index=design.groups
+    ).join(_group_effects(posterior_result)[["mean", "lower", "upper"]].set_axis(design.groups))
     shown = catt.dropna()
 
     with style():
