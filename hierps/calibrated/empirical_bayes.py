@@ -100,8 +100,6 @@ class _BernoulliData:
     layout: ControlLayout
     units: np.ndarray  # (n_padded,) Σ b over each pattern's units, 0 at padding
     treated: np.ndarray  # (n_padded,) Σ b over its treated units, 0 at padding
-    slot_z: np.ndarray  # (n_padded, D): z of every slot (0 at padding)
-    slot_group: np.ndarray  # (n_padded,): its group, in the solver's order
 
 
 # The pattern layout of each design fitted with "auto" so far (it depends on the rows only).
@@ -140,11 +138,7 @@ def _lay_out_patterns(design: Design) -> _BernoulliData:
     target = np.zeros((design.n_groups, z.shape[1]))
     np.add.at(target, group, treated[:, None] * z)
     layout = dataclasses.replace(layout, treated_moments=target[layout.group_order])
-    slot_z = np.concatenate([b.z_rows.reshape(-1, z.shape[1]) for b in layout.buckets])
-    slot_group = np.concatenate(
-        [np.repeat(np.arange(b.groups.start, b.groups.stop), b.z.shape[2]) for b in layout.buckets]
-    )
-    return _BernoulliData(layout, padded_units, padded_treated, slot_z, slot_group)
+    return _BernoulliData(layout, padded_units, padded_treated)
 
 
 def _bernoulli_problem(
@@ -203,15 +197,20 @@ def _log_scale_gradient(
     # C_j = N_j A_j' (J, K, G): the coupling of group j's deviations with the globals.
     cross = np.concatenate([coupling[:, :, :1] * design[:, None, :], coupling[:, :, 1:]], axis=2)
     solved = local_inverse @ cross  # L_j⁻¹ C_j
-    inverse_diagonal = np.diagonal(local_inverse, axis1=1, axis2=2) + np.einsum(
-        "jkg,gh,jkh->jk", solved, schur_inverse, solved
+    inverse_diagonal = np.diagonal(local_inverse, axis1=1, axis2=2) + np.sum(
+        (solved @ schur_inverse) * solved, axis=2
     )
-    group, z = data.slot_group, data.slot_z
-    b = z[:, local]
-    t = np.einsum("skl,sl->sk", local_inverse[group], b)
-    r = z - np.einsum("skd,sk->sd", coupling[group], t)
-    q = np.concatenate([r[:, :1] * design[group], r[:, 1:]], axis=1)
-    leverage = np.einsum("sk,sk->s", b, t) + np.einsum("sg,gh,sh->s", q, schur_inverse, q)
+    # Leverages bucket by bucket, as batched products over each group's padded patterns.
+    leverage = np.empty(len(data.units))
+    for bucket in problem.buckets:
+        groups = bucket.groups
+        b = bucket.z[:, local, :]  # (J_b, K, width)
+        t = local_inverse[groups] @ b
+        r = bucket.z - np.ascontiguousarray(coupling[groups].transpose(0, 2, 1)) @ t
+        q = np.concatenate([r[:, :1, :] * design[groups][:, :, None], r[:, 1:, :]], axis=1)
+        leverage[bucket.rows] = (
+            np.sum(b * t, axis=1) + np.sum(q * (schur_inverse @ q), axis=1)
+        ).reshape(-1)
     pi = 0.5 * (1.0 + np.tanh(0.5 * eta))
     third = data.units * pi * (1.0 - pi) * (1.0 - 2.0 * pi)
     prior = problem.prior_local
