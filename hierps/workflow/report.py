@@ -154,7 +154,7 @@ def _report_text(result: AnalysisResult, balance, figures: dict[str, Path], out_
         f"### Balance (threshold |SMD| ≤ {balance.threshold})",
         "",
         f"{balance.n_imbalanced} of {len(overall)} covariates exceed the threshold globally "
-        f"after weighting. Kish ESS of all control weights: {fit.ess:.1f}.",
+        f"after weighting. Kish ESS of the weights of all reweighted units: {fit.ess:.1f}.",
         "",
         markdown_table(overall),
         "",
