@@ -54,7 +54,12 @@ def map_dataset(fit: MapResult) -> xr.Dataset:
         "group_column": design.roles.group,
         "treatment_column": design.roles.treatment,
         "outcome_column": design.roles.outcome or "",
+        "estimand": fit.estimand,
+        "weights_column": design.roles.weights or "",
     }
+    if fit.selection is not None:
+        dataset.attrs["scale_selection"] = fit.selection.method
+        dataset.attrs["log_marginal_likelihood"] = fit.selection.log_marginal_likelihood
     return dataset
 
 
