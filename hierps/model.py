@@ -47,7 +47,13 @@ class Model:
         group; ``None`` (default) lets every unit covariate vary.
     standardize
         ``True`` / ``"treated"`` (default: centre at the treated mean, divide by the treated
-        SD), ``"pooled"``, or ``False`` / ``"none"``.
+        SD), ``"pooled"``, or ``False`` / ``"none"``; with ``weights`` the means and standard
+        deviations are weighted.
+    weights
+        Column of base (survey or frequency) weights: positive finite numbers. Every estimate
+        is then of the weighted population: the balance targets, the effects, balance tables
+        and effective sample sizes carry them, and posterior mode weights the likelihood (a
+        pseudo-posterior). Integer weights act exactly as replicated rows in MAP mode.
 
     Examples
     --------
@@ -70,6 +76,7 @@ class Model:
         categorical: Sequence[str] = (),
         varying_slopes: Sequence[str] | None = None,
         standardize: bool | str = True,
+        weights: str | None = None,
     ) -> None:
         for argument, value in (
             ("unit_covariates", unit_covariates),
@@ -92,6 +99,7 @@ class Model:
             group_covariates=tuple(group_covariates),
             categorical=tuple(categorical),
             varying_slopes=None if varying_slopes is None else tuple(varying_slopes),
+            weights=weights,
         )
         self.data = data
         self.design: Design = build_design(data, roles, standardize)
@@ -103,15 +111,18 @@ class Model:
         data: pd.DataFrame,
         outcome: str | None = None,
         standardize: bool | str = True,
+        weights: str | None = None,
     ) -> Model:
         """Build a model from a Bambi-style formula.
 
         ``"Z ~ S3 + C(C1) + X1 + (S3 | schoolid)"``: the response is the treatment; terms
         constant within every group become group covariates; terms inside ``( … | group)``
         get varying slopes; the other terms get fixed slopes. ``C(x)`` marks ``x`` as
-        categorical. The result is the same design as the keyword constructor gives.
+        categorical. The result is the same design as the keyword constructor gives;
+        ``weights`` names a base-weight column as there.
         """
-        return cls.from_roles(data, roles_from_formula(formula, data, outcome=outcome), standardize)
+        roles = roles_from_formula(formula, data, outcome=outcome)
+        return cls.from_roles(data, dataclasses.replace(roles, weights=weights), standardize)
 
     @classmethod
     def from_roles(
@@ -139,8 +150,10 @@ class Model:
 
         ``options`` are the keyword arguments of :func:`hierps.calibrated.fit.fit_map`
         (``sigma_alpha``, ``sigma_beta``, ``sigma_mu_beta``, ``sigma_gamma``,
-        ``sigma_intercept``, ``tol``, ``max_iterations``, ``init``); an unknown one raises
-        ``TypeError``.
+        ``sigma_intercept``, ``estimand`` (``"att"``, ``"atc"`` or ``"ate"``), ``tol``,
+        ``max_iterations``, ``init``); an unknown one raises ``TypeError``.
+        ``sigma_alpha="auto"`` and ``sigma_beta="auto"`` estimate those scales from the data
+        (empirical Bayes; see ``result.selection``).
         """
         return fit_map(self.design, **options)
 

@@ -97,12 +97,26 @@ def pattern_data(design: Design) -> dict[str, np.ndarray]:
         "pattern_units": patterns.units,
         "pattern_treated": patterns.treated,
     }
+    if design.base_weights is not None:
+        values.update(_weighted_counts(design, patterns))
     if len(design.group_names) > 0:
         values["group_design"] = design.group_matrix
     if len(design.unit_names) > 0:
         values["unit_design"] = design.unit_matrix
         values["pattern_design"] = patterns.design
     return values
+
+
+def _weighted_counts(design: Design, patterns: Patterns) -> dict[str, np.ndarray]:
+    """Σ b over each pattern's units and over its treated units (base weights ``b``)."""
+    base = design.unit_weights
+    n = len(patterns)
+    return {
+        "pattern_unit_weight": np.bincount(patterns.of_unit, weights=base, minlength=n),
+        "pattern_treated_weight": np.bincount(
+            patterns.of_unit, weights=base * design.treatment, minlength=n
+        ),
+    }
 
 
 def coords_of(design: Design, patterns: Patterns | None = None) -> dict[str, list]:
@@ -150,6 +164,9 @@ def build_pymc(design: Design, loss: str = "bernoulli", **fixed: float) -> pm.Mo
         ``"calibrated"``: the likelihood is replaced by the calibrated loss
         ``Σ_controls exp(η) − Σ_treated η`` as a ``pm.Potential``; the mode of this model
         gives the balancing weights ``exp(η)`` of the controls.
+        With base weights in the design, every unit's term is multiplied by its weight (a
+        pseudo-likelihood, as a ``pm.Potential`` named ``weighted_likelihood`` or
+        ``calibrated_loss``; no predictive draws).
     **fixed
         Hyperparameters to fix at a number: ``sigma_alpha``, ``sigma_beta`` (one number or
         one per varying slope), ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``.
@@ -220,7 +237,30 @@ def build_pymc(design: Design, loss: str = "bernoulli", **fixed: float) -> pm.Mo
             beta = pm.Deterministic("beta", beta_value, dims=("group", "unit_covariate"))
             eta = eta + (pattern_design * beta[pattern_group]).sum(axis=-1)
 
-        if loss == "bernoulli":
+        if design.base_weights is not None:
+            # Base weights make the likelihood a pseudo-likelihood: every unit's term times
+            # its weight, i.e. the pattern formulas with weighted counts. It is a Potential
+            # (no predictive draws): weighted counts are not counts.
+            counts = _weighted_counts(design, patterns)
+            unit_weight = pm.Data(
+                "pattern_unit_weight", counts["pattern_unit_weight"], dims="pattern"
+            )
+            treated_weight = pm.Data(
+                "pattern_treated_weight", counts["pattern_treated_weight"], dims="pattern"
+            )
+            if loss == "bernoulli":
+                pm.Potential(
+                    "weighted_likelihood",
+                    _bernoulli_units_logp(treated_weight, eta, unit_weight).sum(),
+                )
+            else:
+                controls = unit_weight - treated_weight
+                safe_eta = pt.switch(pt.gt(controls, 0), eta, 0.0)
+                pm.Potential(
+                    "calibrated_loss",
+                    -((controls * pt.exp(safe_eta)).sum() - (treated_weight * eta).sum()),
+                )
+        elif loss == "bernoulli":
             pm.CustomDist(
                 "treated",
                 eta,

@@ -354,11 +354,14 @@ def test_no_per_draw_weights_is_said(study, posterior):
     assert "not available" in str(table)
 
 
-def test_ate_result_is_refused(study):
+def test_ate_posterior_gets_a_table_of_both_arms_without_draw_intervals(study):
     _, _, fit = study
     result = hand_built_posterior(fit, estimand="ate", chains=1, draws=10)
-    with pytest.raises(ValueError, match="ATT"):
-        balance_table(result)
+    table = balance_table(result)
+    assert table.global_.attrs["estimand"] == "ate"
+    assert "treated_mean_after" in table.global_
+    assert "ess_treated" in table.ess
+    assert not table.has_intervals and "ATE" in table.per_draw
 
 
 # --------------------------------------------------------------------------------------------

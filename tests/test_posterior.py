@@ -306,8 +306,8 @@ def test_arguments_are_checked_before_sampling(model):
         model.sample(sampler="stan")
     with pytest.raises(ValueError, match="uncertainty='bootstrap' is not one of"):
         model.sample(uncertainty="bootstrap")
-    with pytest.raises(ValueError, match="estimand='atc'"):
-        model.sample(estimand="atc")
+    with pytest.raises(ValueError, match="estimand='atx'"):
+        model.sample(estimand="atx")
     with pytest.raises(ValueError, match="calibrated loss targets the ATT"):
         model.sample(loss="calibrated", estimand="ate")
     with pytest.raises(TypeError, match="unknown hyperparameter 'sigma_betta'"):

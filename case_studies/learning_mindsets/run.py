@@ -21,6 +21,7 @@ import numpy as np
 
 from hierps.balance.overlap import overlap
 from hierps.balance.table import balance_table
+from hierps.calibrated.empirical_bayes import SCALE_BOUNDS
 from hierps.effects.comparison import compare
 from hierps.effects.sensitivity import ATT_LABEL, robustness_value, sensitivity
 from hierps.effects.sensitivity_r2 import benchmark_r2, sensitivity_r2
@@ -70,6 +71,20 @@ def sensitivity_checks(fit) -> dict:
     }
 
 
+def empirical_bayes(model) -> tuple[object, float, float]:
+    """The "auto" MAP fit and its time beside the fit at fixed scales (best of three each)."""
+    model.fit_map()  # the layout of the controls, shared by both timings
+    timings = {}
+    for name, options in (("fixed", {}), ("auto", dict(sigma_alpha="auto", sigma_beta="auto"))):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fit = model.fit_map(**options)
+            times.append(time.perf_counter() - start)
+        timings[name] = (fit, min(times))
+    return timings["auto"][0], timings["auto"][1], timings["fixed"][1]
+
+
 def main() -> None:
     start = time.perf_counter()
     spec = read_spec(MODEL_FILE)
@@ -89,6 +104,21 @@ def main() -> None:
     diagnosis = diagnose(posterior)
     moderators = pooled.moderators[["mean", "sd", "lower", "upper", "r_hat"]]
     path = result.path_table[["global_max_smd", "within_mean_smd", "within_max_smd", "ess", "att"]]
+    auto, auto_seconds, fixed_seconds = empirical_bayes(result.model)
+    chosen = auto.selection.scales
+    bound = (
+        f" ({' and '.join(auto.selection.at_bound)} at the lower end of the searched range "
+        f"{SCALE_BOUNDS[0]:g}–{SCALE_BOUNDS[1]:g})"
+        if auto.selection.at_bound
+        else ""
+    )
+    choice = f"σ_α = {chosen['sigma_alpha']:.3g} and σ_β = {chosen['sigma_beta']:.3g}"
+    reading = (
+        ": the school covariates and common slopes describe treatment assignment as well as "
+        "school-specific ones, so the data ask for (nearly) complete pooling"
+        if max(chosen.values()) < 0.05
+        else ""
+    )
     interval_width = (posterior.catt["upper"] - posterior.catt["lower"]).median()
     checks = sensitivity_checks(fit)
     pooled_width = (pooled.catt["upper"] - pooled.catt["lower"]).median()
@@ -205,6 +235,15 @@ each school where feasible), with the effective sample size it costs:
 {markdown_table(path)}
 
 ![Pooling path](output/figures/pooling_path.png)
+
+### Pooling chosen by the data
+
+`fit_map(sigma_alpha="auto", sigma_beta="auto")` estimates both scales by empirical Bayes (the
+Laplace-approximate marginal likelihood of the Bernoulli hierarchical model, maximized over the
+scales). Here it chooses {choice}{bound}{reading}. At those scales the MAP ATT is
+{auto.att:.3f} (control ESS {auto.ess:.0f}); with σ_β = 1 it is {fit.att:.3f}. The estimate
+took {auto_seconds * 1e3:.0f} ms against {fixed_seconds * 1e3:.0f} ms for the fit at fixed scales
+({auto.selection.evaluations} marginal-likelihood evaluations).
 
 ![Weights by school](output/figures/weights.png)
 

@@ -33,6 +33,17 @@ COVARIATES = ["age", "race", "education", "povertyr", "bmi"]
 FORMULA = "age + race + education + povertyr + bmi ~ 1 + strata"
 
 
+# The NHANES examination sampling weight (and the interview weight): used as base weights when
+# the extract carries one. natstrat's nh0506 extract does not, so the analysis is unweighted.
+SURVEY_WEIGHTS = ("WTMEC2YR", "WTINT2YR")
+
+
+def survey_weight_column(frame: pd.DataFrame) -> str | None:
+    """The NHANES sampling-weight column of the frame, if it has one."""
+    columns = {str(column).upper(): column for column in frame.columns}
+    return next((columns[name] for name in SURVEY_WEIGHTS if name in columns), None)
+
+
 def load() -> pd.DataFrame:
     frame = hierps.datasets.load_nh0506()
     frame["age_cat"] = pd.cut(
@@ -77,6 +88,12 @@ def effect(frame: pd.DataFrame, weights: np.ndarray) -> float:
 
 def main() -> None:
     frame = load()
+    weights = survey_weight_column(frame)
+    print(
+        f"survey weights: {weights}"
+        if weights
+        else "survey weights: none in the nh0506 extract (no WTMEC2YR); the analysis is unweighted"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hierps.HierpsWarning)
         model = hierps.Model(
@@ -86,10 +103,13 @@ def main() -> None:
             outcome="homocysteine",
             unit_covariates=COVARIATES,
             varying_slopes=None,
+            weights=weights,
         )
         constraints = hierps.generate_constraints([FORMULA], frame["z"], frame)
         natstrat = hierps.constraint_weights(constraints, frame["z"], scale=1.0)
         hierarchical = model.fit_map()
+        # The same model with its group-level scales chosen by empirical Bayes.
+        auto = model.fit_map(sigma_alpha="auto", sigma_beta="auto")
     design = model.design
     weights = {
         "unweighted": np.ones(design.n_units),
@@ -125,6 +145,12 @@ def main() -> None:
     table.to_csv(HERE / "results" / "comparison.csv")
     print(f"{len(constraints.X.columns)} natstrat constraints from {FORMULA!r}")
     print(markdown_table(table))
+    chosen = ", ".join(f"{k} = {v:.3g}" for k, v in auto.selection.scales.items())
+    print(
+        f"empirical-Bayes scales: {chosen}; ATT {effect(frame, auto.weights.to_numpy()):.3f}, "
+        f"control ESS {auto.ess:.0f} (defaults: ATT "
+        f"{effect(frame, hierarchical.weights.to_numpy()):.3f}, control ESS {hierarchical.ess:.0f})"
+    )
 
     fig, _ = hierps.plots.plot_love(comparison)
     fig.savefig(HERE / "figures" / "love.png", dpi=120, bbox_inches="tight")

@@ -10,7 +10,8 @@ For each simulated data set (``hierps.datasets.simulate_multisite``, seeds 0..N-
 the ATT and the 20 school CATTs with
 
 * MAP balancing weights at sigma_beta = 30 (no pooling), 1 (the default), 0.3 and 0.01
-  (complete pooling), with normal 90 % intervals from ``hierps.effects.catt_pooling.map_standard_errors``;
+  (complete pooling), with normal 90 % intervals from
+  ``hierps.effects.catt_pooling.map_standard_errors``;
 * the posterior of the Bernoulli model (half-normal hyperpriors on sigma_alpha, sigma_beta),
   sampled once with nutpie, summarized with ``uncertainty="propensity"`` and
   ``"bayesian_bootstrap"`` via ``hierps.posterior.from_idata``;

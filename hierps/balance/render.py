@@ -22,12 +22,19 @@ def _smd_cell(value: float, threshold: float, fmt: str = "+.3f") -> Text:
     return Text(text, style="bold red" if flagged else "")
 
 
+_ESTIMAND_NOTE = {"atc": " (ATC: treated reweighted)", "ate": " (ATE: both arms reweighted)"}
+_SD_NAME = {"att": "treated SD", "atc": "control SD", "ate": "pooled SD"}
+
+
 def balance_renderables(table: BalanceTable) -> list:
     threshold = table.threshold
     intervals = table.has_intervals
     out: list = [
         Text(
-            f"Balance of the {table.weights}: SMD = (treated − control) / treated SD; "
+            f"Balance of the {table.weights}"
+            f"{_ESTIMAND_NOTE.get(table.global_.attrs.get('estimand', 'att'), '')}: SMD = "
+            f"(treated − control) / "
+            f"{_SD_NAME.get(table.global_.attrs.get('estimand', 'att'), 'treated SD')}; "
             f"flagged when |SMD| > {threshold:g}",
             style="bold",
         )
@@ -89,17 +96,21 @@ def balance_renderables(table: BalanceTable) -> list:
     ess = table.ess
     overall_row = ess.iloc[0]
     groups = ess.iloc[1:]
-    estimable = groups[groups["n_control"] > 0]
+    # The reweighted arm: the controls (ATT, ATE) or the treated (ATC).
+    arm = ess.attrs.get("arm", "control")
+    count, other = ("n_treated", "n_control") if arm == "treated" else ("n_control", "n_treated")
+    units, others = ("treated", "controls") if arm == "treated" else ("controls", "treated")
+    estimable = groups[groups[count] > 0]
     lines = [
-        f"Effective sample size of the control weights: {overall_row['ess']:,.1f} of "
-        f"{int(overall_row['n_control']):,} controls ({overall_row['ess_ratio']:.0%}); "
-        f"weights sum to {overall_row['weight_sum']:,.1f} for {int(overall_row['n_treated']):,} "
-        f"treated"
+        f"Effective sample size of the {arm} weights: {overall_row['ess']:,.1f} of "
+        f"{int(overall_row[count]):,} {units} ({overall_row['ess_ratio']:.0%}); "
+        f"weights sum to {overall_row['weight_sum']:,.1f} for {int(overall_row[other]):,} "
+        f"{others}"
     ]
     if len(estimable):
         smallest = estimable.nsmallest(3, "ess")
         listed = ", ".join(
-            f"{row.group} ({row.ess:.1f} of {int(row.n_control)})"
+            f"{row.group} ({row.ess:.1f} of {int(getattr(row, count))})"
             for row in smallest.itertuples(index=False)
         )
         lines.append(

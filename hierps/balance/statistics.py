@@ -35,7 +35,34 @@ def _treated_sd(values: np.ndarray, treated: np.ndarray) -> np.ndarray:
     return np.where(sd > 0, sd, pooled)
 
 
-def balance_frame(design: Design, weights: np.ndarray) -> pd.DataFrame:
+def _frequency_variance(values: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``Σ b (x − x̄_b)² / (Σ b − 1)``: base weights as frequencies (ddof 1 when all are 1)."""
+    total = base.sum()
+    if total <= 1:
+        return np.full(values.shape[1], np.nan)
+    mean = base @ values / total
+    return base @ (values - mean) ** 2 / (total - 1)
+
+
+def _denominator_sd(
+    values: np.ndarray, treated: np.ndarray, estimand: str, base: np.ndarray
+) -> np.ndarray:
+    """The SMD denominator of each column: the SD of the target population, unweighted by
+    the balancing weights (cobalt's choice): the treated SD for the ATT, the control SD for
+    the ATC, the pooled SD of both arms for the ATE; base-weighted if the design has base
+    weights. Where the target SD is 0, the pooled SD."""
+    variance = {
+        arm: _frequency_variance(values[mask], base[mask])
+        for arm, mask in (("treated", treated), ("control", ~treated))
+    }
+    pooled = np.sqrt((variance["treated"] + variance["control"]) / 2)
+    if estimand == "ate":
+        return pooled
+    sd = np.sqrt(variance["treated" if estimand == "att" else "control"])
+    return np.where(sd > 0, sd, pooled)
+
+
+def balance_frame(design: Design, weights: np.ndarray, estimand: str = "att") -> pd.DataFrame:
     """Balance before and after weighting, as a tidy long DataFrame.
 
     One row per (scope, group, covariate): ``scope`` is ``"global"`` (``group`` missing) or
@@ -46,17 +73,27 @@ def balance_frame(design: Design, weights: np.ndarray) -> pd.DataFrame:
     Columns
     -------
     treated_mean, control_mean_before, control_mean_after
-        On the original scale; after = weighted by ``weights``.
+        On the original scale; after = weighted by ``weights``. With the ATC and the ATE
+        the treated are reweighted too: ``treated_mean_after``.
     smd_before, smd_after
-        (treated − control) mean difference divided by the treated SD of the whole unweighted
-        sample (cobalt's choice for the ATT; the pooled SD where the treated SD is 0). The same
+        (treated − control) mean difference divided by the SD of the target population in
+        the whole sample (cobalt's choice: the treated SD for the ATT, the control SD for
+        the ATC, the pooled SD for the ATE; the pooled SD where the target SD is 0). The same
         denominator is used in every group so that SMDs compare across groups.
     treated_total, control_total_after, imbalance
-        Sums on the model's standardized scale, and ``control_total_after − treated_total``:
-        the quantities the MAP first-order conditions tie to the coefficients.
+        Sums on the model's standardized scale, and the weighted arm's total minus its
+        target's (ATT: ``control_total_after − treated_total``; ATC: the treated after minus
+        the controls; ATE: the controls after minus the whole sample, and
+        ``imbalance_treated`` likewise): the quantities the MAP first-order conditions tie
+        to the coefficients.
+
+    Base weights of the design weigh every unit before weighting; ``weights`` include them.
     """
     treated = design.treatment == 1
+    base = design.unit_weights
+    reweights_treated = estimand != "att"
     control_weights = np.where(treated, 0.0, weights)
+    treated_weights = np.where(treated, weights if reweights_treated else base, 0.0)
     sums = GroupSums(design.group_codes, design.n_groups)
     unit_original = design.unit_frame(original_scale=True).to_numpy()
     group_original = design.group_frame(original_scale=True).to_numpy()[design.group_codes]
@@ -66,35 +103,53 @@ def balance_frame(design: Design, weights: np.ndarray) -> pd.DataFrame:
         [np.ones(design.n_units), design.unit_matrix, design.group_matrix[design.group_codes]]
     )
     original = np.column_stack([np.ones(design.n_units), unit_original, group_original])
-    sd = np.r_[np.nan, _treated_sd(original[:, 1:], treated)]
+    if design.base_weights is None and estimand == "att":
+        sd = np.r_[np.nan, _treated_sd(original[:, 1:], treated)]
+    else:
+        sd = np.r_[np.nan, _denominator_sd(original[:, 1:], treated, estimand, base)]
+    treated_base = np.where(treated, base, 0.0)
+    control_base = np.where(treated, 0.0, base)
 
     def table(scope_sum, labels) -> pd.DataFrame:
-        treated_count = scope_sum(treated.astype(float))
-        control_count = scope_sum((~treated).astype(float))
+        treated_count = scope_sum(treated_base)
+        control_count = scope_sum(control_base)
         weight_total = scope_sum(control_weights)
+        treated_total_after = scope_sum(treated_weights)
         rows = {}
         for column, name in enumerate(names):
             x, s = original[:, column], standardized[:, column]
             with np.errstate(invalid="ignore", divide="ignore"):
-                treated_mean = scope_sum(np.where(treated, x, 0.0)) / treated_count
-                before = scope_sum(np.where(treated, 0.0, x)) / control_count
+                treated_mean = scope_sum(treated_base * x) / treated_count
+                treated_after = scope_sum(treated_weights * x) / treated_total_after
+                before = scope_sum(control_base * x) / control_count
                 after = scope_sum(control_weights * x) / weight_total
             rows[name] = {
                 "treated_mean": treated_mean,
                 "control_mean_before": before,
                 "control_mean_after": after,
                 "smd_before": (treated_mean - before) / sd[column],
-                "smd_after": (treated_mean - after) / sd[column],
-                "treated_total": scope_sum(np.where(treated, s, 0.0)),
+                "smd_after": (treated_after - after) / sd[column],
+                "treated_total": scope_sum(treated_base * s),
                 "control_total_after": scope_sum(control_weights * s),
             }
+            if reweights_treated:
+                rows[name]["treated_mean_after"] = treated_after
+                rows[name]["treated_total_after"] = scope_sum(treated_weights * s)
+                rows[name]["control_total"] = scope_sum(control_base * s)
         frames = []
         for name, columns in rows.items():
             frame = pd.DataFrame(columns, index=labels)
             frame.insert(0, "covariate", name)
             frames.append(frame)
         out = pd.concat(frames)
-        out["imbalance"] = out["control_total_after"] - out["treated_total"]
+        if estimand == "att":
+            out["imbalance"] = out["control_total_after"] - out["treated_total"]
+        elif estimand == "atc":
+            out["imbalance"] = out["treated_total_after"] - out["control_total"]
+        else:
+            whole = out["treated_total"] + out["control_total"]
+            out["imbalance"] = out["control_total_after"] - whole
+            out["imbalance_treated"] = out["treated_total_after"] - whole
         return out
 
     def global_sum(values: np.ndarray) -> np.ndarray:
@@ -179,30 +234,37 @@ def weighted_variance(
     return variance[0] if squeeze else variance
 
 
-def variance_ratios(design: Design, weights: np.ndarray) -> tuple[np.ndarray, ...]:
+def variance_ratios(
+    design: Design, weights: np.ndarray, estimand: str = "att"
+) -> tuple[np.ndarray, ...]:
     """Treated variance over control variance before and after weighting.
 
     Returns ``(global_before, global_after)`` of shape ``(K,)`` over unit then group
     covariates and ``(group_before, group_after)`` of shape ``(J, K_unit)``. Columns holding
     two values only get NaN: their variance is fixed by their mean, so the ratio adds nothing
-    to the SMD (cobalt reports none either). Treated units count with weight 1.
+    to the SMD (cobalt reports none either). Before weighting every unit counts with its base
+    weight (1 without base weights); after weighting the treated keep it for the ATT and
+    carry ``weights`` for the ATC and ATE.
     """
     _, values, n_unit = covariate_values(design)
     treated = design.treatment == 1
-    control = np.where(treated, 0.0, 1.0)
+    base = design.unit_weights
+    control = np.where(treated, 0.0, base)
     control_weights = np.where(treated, 0.0, weights)
+    treated_before = np.where(treated, base, 0.0)
+    treated_after = treated_before if estimand == "att" else np.where(treated, weights, 0.0)
     binary = binary_covariates(values)
     with np.errstate(invalid="ignore", divide="ignore"):
-        treated_var = weighted_variance(values, treated.astype(float))
         out = [
-            treated_var / weighted_variance(values, control),
-            treated_var / weighted_variance(values, control_weights),
+            weighted_variance(values, treated_before) / weighted_variance(values, control),
+            weighted_variance(values, treated_after) / weighted_variance(values, control_weights),
         ]
         unit, codes, n_groups = values[:, :n_unit], design.group_codes, design.n_groups
-        treated_group = weighted_variance(unit, treated.astype(float), codes, n_groups)
         out += [
-            treated_group / weighted_variance(unit, control, codes, n_groups),
-            treated_group / weighted_variance(unit, control_weights, codes, n_groups),
+            weighted_variance(unit, treated_before, codes, n_groups)
+            / weighted_variance(unit, control, codes, n_groups),
+            weighted_variance(unit, treated_after, codes, n_groups)
+            / weighted_variance(unit, control_weights, codes, n_groups),
         ]
     masks = [binary, binary, binary[:n_unit], binary[:n_unit]]
     return tuple(np.where(mask, np.nan, ratio) for ratio, mask in zip(out, masks, strict=True))

@@ -43,10 +43,17 @@ __all__ = ["DEFAULT_THRESHOLD", "BalanceTable", "as_balance_table", "balance_tab
 
 #: |SMD| above which a covariate is flagged (the usual 0.1 of Austin 2009 and cobalt).
 DEFAULT_THRESHOLD = 0.1
-_SMD_DENOMINATOR = (
-    "treated SD of the unweighted full sample (cobalt's choice for the ATT; the pooled SD of "
-    "both arms where the treated SD is 0), the same in every group"
-)
+_SMD_DENOMINATOR = {
+    "att": (
+        "treated SD of the unweighted full sample (cobalt's choice for the ATT; the pooled SD "
+        "of both arms where the treated SD is 0), the same in every group"
+    ),
+    "atc": (
+        "control SD of the unweighted full sample (cobalt's choice for the ATC; the pooled SD "
+        "of both arms where the control SD is 0), the same in every group"
+    ),
+    "ate": "pooled SD of both arms in the unweighted full sample (cobalt's choice for the ATE)",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,12 +212,15 @@ def balance_table(
 
     names, values, n_unit = covariate_values(design)
     kinds = np.where(binary_covariates(values), "binary", "continuous")
-    frame = balance_frame(design, weights)
+    estimand = str(getattr(result, "estimand", "att"))
+    frame = balance_frame(design, weights, estimand=estimand)
     frame = frame[frame["covariate"] != INTERCEPT]
     vr_global_before, vr_global_after, vr_group_before, vr_group_after = variance_ratios(
-        design, weights
+        design, weights, estimand=estimand
     )
     columns = ["treated_mean", "control_mean_before", "control_mean_after"]
+    if estimand != "att":
+        columns.insert(1, "treated_mean_after")
     columns += ["smd_before", "smd_after"]
 
     overall = frame[frame["scope"] == "global"].set_index("covariate").loc[names, columns]
@@ -252,7 +262,7 @@ def balance_table(
     by_group["var_ratio_before"] = vr_group_before.ravel()
     by_group["var_ratio_after"] = vr_group_after.ravel()
 
-    ess = _ess_frame(design, weights)
+    ess = _ess_frame(design, weights, estimand)
     if draws is not None:
         _add_intervals(global_, by_group, ess, draws, prob)
     global_["balanced"] = _balanced(global_["smd_after"], threshold)
@@ -264,7 +274,8 @@ def balance_table(
         "weights": label,
         "per_draw": per_draw,
         "ci_prob": prob,
-        "smd_denominator": _SMD_DENOMINATOR,
+        "smd_denominator": _SMD_DENOMINATOR[estimand],
+        "estimand": estimand,
     }
     for table in (global_, by_group, across, ess):
         table.attrs.update(attrs)
@@ -316,11 +327,6 @@ def _resolve_weights(
         return design, weights, label, None, "not applicable (one set of weights)", None
 
     estimand = getattr(result, "estimand", "att")
-    if estimand != "att":
-        raise ValueError(
-            f"balance_table assesses ATT weights (controls reweighted to the treated); this "
-            f"result estimated the {str(estimand).upper()}"
-        )
     children = idata.children
     stored = idata["weights"].to_dataset() if "weights" in children else xr.Dataset()
     if "weight" in stored:
@@ -337,7 +343,10 @@ def _resolve_weights(
 
     draws: Callable[[int, np.ndarray], np.ndarray] | None = None
     n_draws = 0
-    if "weight_draws" in stored:
+    if estimand != "att":
+        # The per-draw summaries follow the control weights of the ATT.
+        per_draw = f"not available for the {str(estimand).upper()} (per-draw balance is ATT-only)"
+    elif "weight_draws" in stored:
         stacked = stored["weight_draws"].transpose(*SAMPLE_DIMS, "obs").to_numpy()
         stacked = stacked.reshape(-1, stacked.shape[-1])
         n_draws = stacked.shape[0]
@@ -391,36 +400,56 @@ def _recomputed_weights(
     return weights, alpha.shape[0]
 
 
-def _ess_frame(design: Design, weights: np.ndarray) -> pd.DataFrame:
-    treated = design.treatment == 1
-    control_weights = np.where(treated, 0.0, weights)
+def _arm_ess(
+    design: Design, weights: np.ndarray, arm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weight sum, Kish ESS and largest weight share of one arm: global first, then groups."""
+    arm_weights = np.where(arm, weights, 0.0)
     codes = design.group_codes
-    n_treated = design.treated_per_group.astype(int)
-    n_control = design.units_per_group.astype(int) - n_treated
-    weight_sum = np.bincount(codes, weights=control_weights, minlength=design.n_groups)
-    square_sum = np.bincount(codes, weights=control_weights**2, minlength=design.n_groups)
+    weight_sum = np.bincount(codes, weights=arm_weights, minlength=design.n_groups)
+    square_sum = np.bincount(codes, weights=arm_weights**2, minlength=design.n_groups)
     largest = np.zeros(design.n_groups)
-    np.maximum.at(largest, codes, control_weights)
+    np.maximum.at(largest, codes, arm_weights)
     with np.errstate(invalid="ignore", divide="ignore"):
         group_ess = np.where(square_sum > 0, weight_sum**2 / square_sum, 0.0)
         share = np.where(weight_sum > 0, largest / weight_sum, np.nan)
-        global_ess = float(kish_ess(control_weights[~treated]))
-        global_share = control_weights.max() / control_weights.sum()
+        global_ess = float(kish_ess(arm_weights[arm]))
+        global_share = arm_weights.max() / arm_weights.sum()
+    return (
+        np.r_[arm_weights.sum(), weight_sum],
+        np.r_[global_ess, group_ess],
+        np.r_[global_share, share],
+    )
+
+
+def _ess_frame(design: Design, weights: np.ndarray, estimand: str = "att") -> pd.DataFrame:
+    """ESS of the reweighted arm: the controls (ATT, and ATE with ``*_treated`` columns for
+    the treated) or the treated (ATC)."""
+    treated = design.treatment == 1
+    n_treated = design.treated_per_group.astype(int)
+    n_control = design.units_per_group.astype(int) - n_treated
+    primary = treated if estimand == "atc" else ~treated
+    weight_sum, ess, share = _arm_ess(design, weights, primary)
     frame = pd.DataFrame(
         {
             "scope": ["global"] + ["group"] * design.n_groups,
             "group": pd.Series([None, *design.groups.tolist()], dtype=object),
             "n_treated": np.r_[treated.sum(), n_treated],
             "n_control": np.r_[(~treated).sum(), n_control],
-            "weight_sum": np.r_[control_weights.sum(), weight_sum],
-            "ess": np.r_[global_ess, group_ess],
-            "max_weight_share": np.r_[global_share, share],
+            "weight_sum": weight_sum,
+            "ess": ess,
+            "max_weight_share": share,
         }
     )
+    count = frame["n_treated" if estimand == "atc" else "n_control"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        frame.insert(
-            6, "ess_ratio", frame["ess"] / frame["n_control"].where(frame["n_control"] > 0)
-        )
+        frame.insert(6, "ess_ratio", frame["ess"] / count.where(count > 0))
+    if estimand == "ate":
+        weight_sum, ess, share = _arm_ess(design, weights, treated)
+        frame["weight_sum_treated"] = weight_sum
+        frame["ess_treated"] = ess
+        frame["max_weight_share_treated"] = share
+    frame.attrs["arm"] = "treated" if estimand == "atc" else "control"
     return frame
 
 

@@ -22,12 +22,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from hierps.calibrated.estimands import ESTIMANDS, Arm, arm_layout, arms_of
 from hierps.calibrated.newton import NewtonTrace, newton_solve
-from hierps.calibrated.problem import _LAYOUTS, CalibratedProblem, _problem, lay_out_controls
+from hierps.calibrated.problem import CalibratedProblem, _problem
 from hierps.design.build import Design
 from hierps.design.hyperparameters import MapHyperparameters
 from hierps.effects.estimands import GroupSums, att_from_catt, catt_from_weights, kish_ess
-from hierps.exceptions import ConvergenceError, HierpsWarning
+from hierps.exceptions import ConvergenceError, HierpsWarning, check_choice
+
+if TYPE_CHECKING:
+    from hierps.calibrated.empirical_bayes import ScaleSelection
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -35,15 +39,56 @@ if TYPE_CHECKING:
 __all__ = ["MapResult", "fit_map", "hierarchical_problem"]
 
 EXTREME_WEIGHT_SHARE = 0.5
+#: The scales that ``"auto"`` may estimate.
+AUTO_SCALES = ("sigma_alpha", "sigma_beta")
+#: Names of the group and overall effect of each estimand.
+EFFECT_NAMES = {"att": ("catt", "att"), "atc": ("catc", "atc"), "ate": ("cate", "ate")}
 
 
-def hierarchical_problem(design: Design, hyperparameters: MapHyperparameters) -> CalibratedProblem:
-    """Lay out the hierarchical model of a design for the Newton solver."""
-    layout = _LAYOUTS.get(design)
-    if layout is None:
-        layout = _LAYOUTS[design] = lay_out_controls(
-            design.unit_matrix, design.treatment == 1, design.group_codes, design.n_groups
-        )
+def _relative_to_largest(
+    design: Design, problem: CalibratedProblem, trace: NewtonTrace
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each weighted unit's weight over its group's largest, and per-group totals."""
+    # The weighted units come in runs of one group each: per-group reductions are reduceat's.
+    codes = design.group_codes[problem.order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else []
+    groups = codes[starts]
+
+    def per_group(reduce: np.ufunc, values: np.ndarray, empty: float) -> np.ndarray:
+        out = np.full(design.n_groups, empty)
+        if len(groups):
+            out[groups] = reduce.reduceat(values, starts)
+        return out
+
+    largest = per_group(np.maximum, trace.control_eta, -np.inf)
+    relative = np.exp(trace.control_eta - np.where(np.isfinite(largest), largest, 0.0)[codes])
+    # The largest share of a group's weight on one unit, from the balancing weights alone
+    # (base weights are how many units a row stands for, not a concentration of weight).
+    base = design.unit_weights[problem.order]
+    balancing = relative / base
+    top = per_group(np.maximum, balancing, 0.0)
+    totals = {
+        "count": per_group(np.add, np.ones(len(codes)), 0.0),
+        "share": np.divide(
+            top,
+            per_group(np.add, balancing, 0.0),
+            out=np.zeros(design.n_groups),
+            where=top > 0,
+        ),
+        "weight": per_group(np.add, trace.control_weights, 0.0),
+    }
+    return relative, totals
+
+
+def hierarchical_problem(
+    design: Design, hyperparameters: MapHyperparameters, arm: Arm | None = None
+) -> CalibratedProblem:
+    """Lay out the hierarchical model of a design for the Newton solver.
+
+    ``arm`` chooses the weighted units and their target (see
+    :mod:`hierps.calibrated.estimands`); by default the ATT's controls and treated.
+    """
+    layout = arm_layout(design, arms_of("att")[0] if arm is None else arm)
     n_unit = len(design.unit_names)
     n_group_cov = len(design.group_names)
     varying_index = np.flatnonzero(design.varying)
@@ -68,11 +113,12 @@ def hierarchical_problem(design: Design, hyperparameters: MapHyperparameters) ->
 
 def fit_map(
     design: Design,
-    sigma_alpha: float | None = None,
-    sigma_beta: float | np.ndarray | None = None,
+    sigma_alpha: float | str | None = None,
+    sigma_beta: float | np.ndarray | str | None = None,
     sigma_mu_beta: float | None = None,
     sigma_gamma: float | None = None,
     sigma_intercept: float | None = None,
+    estimand: str = "att",
     tol: float = 1e-8,
     max_iterations: int = 100,
     init: MapResult | None = None,
@@ -86,13 +132,18 @@ def fit_map(
     sigma_alpha, sigma_beta, sigma_mu_beta, sigma_gamma, sigma_intercept
         The fixed prior scales (see
         :class:`hierps.design.hyperparameters.MapHyperparameters` for the defaults).
-        ``sigma_beta`` may be one value per varying slope.
+        ``sigma_beta`` may be one value per varying slope. ``"auto"`` for ``sigma_alpha`` or
+        ``sigma_beta`` estimates that scale from the data by empirical
+        Bayes (:func:`hierps.calibrated.empirical_bayes.estimate_scales`).
+    estimand
+        ``"att"`` (controls weighted to the treated), ``"atc"`` (treated weighted to the
+        controls) or ``"ate"`` (each arm weighted to the whole sample).
     tol
         Convergence: the largest absolute gradient entry of the objective.
     max_iterations
         Newton iterations before giving up with :class:`~hierps.exceptions.ConvergenceError`.
     init
-        A previous result to start from (warm start along a pooling path).
+        A previous result of the same estimand to start from (warm start along a path).
 
     Returns
     -------
@@ -103,6 +154,7 @@ def fit_map(
     The solver's layout of the controls (a padded copy of their covariates) is kept with the
     design for as long as the design lives, so that refits with other prior scales skip it.
     """
+    check_choice("estimand", estimand, ESTIMANDS)
     given = {
         "sigma_alpha": sigma_alpha,
         "sigma_beta": sigma_beta,
@@ -110,21 +162,39 @@ def fit_map(
         "sigma_gamma": sigma_gamma,
         "sigma_intercept": sigma_intercept,
     }
-    hyperparameters = MapHyperparameters.from_user(
-        int(design.varying.sum()), **{k: v for k, v in given.items() if v is not None}
-    )
-    problem = hierarchical_problem(design, hyperparameters)
-    start = (None, None) if init is None else (init._theta_global, init._theta_local)
-    trace = newton_solve(problem, *start, tol=tol, max_iterations=max_iterations)
-    if not trace.converged:
-        raise ConvergenceError(
-            f"the MAP Newton solver stopped after {trace.iterations} iterations with largest "
-            f"gradient {trace.max_gradient:.3g} > tol={tol:g}; the data may be (nearly) "
-            f"separable for these prior scales — try smaller sigma_beta / sigma_alpha"
-        )
-    if not np.all(np.isfinite(trace.control_weights)):
-        raise ConvergenceError("the MAP weights overflowed; try smaller prior scales")
-    result = MapResult(design, hyperparameters, problem, trace)
+    given = {k: v for k, v in given.items() if v is not None}
+    selection = None
+    auto = [name for name, value in given.items() if isinstance(value, str)]
+    if auto:
+        from hierps.calibrated.empirical_bayes import estimate_scales
+
+        for name in auto:
+            if given[name] != "auto" or name not in AUTO_SCALES:
+                raise ValueError(
+                    f"{name}={given[name]!r}: only {' and '.join(AUTO_SCALES)} may be 'auto'"
+                )
+        fixed = {k: v for k, v in given.items() if k not in auto}
+        selection = estimate_scales(design, auto, **fixed)
+        given = {**fixed, **selection.scales}
+    hyperparameters = MapHyperparameters.from_user(int(design.varying.sum()), **given)
+    solved = []
+    for index, arm in enumerate(arms_of(estimand)):
+        problem = hierarchical_problem(design, hyperparameters, arm)
+        start = (None, None)
+        if init is not None and init.estimand == estimand:
+            start = (init._solutions[index].theta_global, init._solutions[index].theta_local)
+        trace = newton_solve(problem, *start, tol=tol, max_iterations=max_iterations)
+        if not trace.converged:
+            raise ConvergenceError(
+                f"the MAP Newton solver stopped after {trace.iterations} iterations with "
+                f"largest gradient {trace.max_gradient:.3g} > tol={tol:g}; the data may be "
+                f"(nearly) separable for these prior scales — try smaller sigma_beta / "
+                f"sigma_alpha"
+            )
+        if not np.all(np.isfinite(trace.control_weights)):
+            raise ConvergenceError("the MAP weights overflowed; try smaller prior scales")
+        solved.append((arm, problem, trace))
+    result = MapResult(design, hyperparameters, solved, estimand=estimand, selection=selection)
     result._warn_extreme_weights()
     return result
 
@@ -135,84 +205,123 @@ class MapResult:
     Attributes
     ----------
     weights
-        Series on the frame's index: treated units 1, controls their odds ``exp(η)``.
+        Series on the frame's index: every unit's analysis weight. With the ATT, treated
+        units weigh 1 and controls their odds ``exp(η)``; with the ATC the roles swap; with
+        the ATE both arms carry weights. Base weights, if the model has them, are included
+        (``weights = base weight × balancing_weights``).
+    estimand
+        ``"att"``, ``"atc"`` or ``"ate"``.
     converged, max_gradient, iterations, objective
-        Solver report.
+        Solver report (for the ATE: the worse of its two problems, summed objectives).
     hyperparameters
-        The fixed prior scales.
+        The prior scales the weights were fitted at.
+    selection
+        How ``"auto"`` scales were chosen (an
+        :class:`~hierps.calibrated.empirical_bayes.ScaleSelection`), else ``None``.
     """
 
-    def __init__(self, design: Design, hyperparameters, problem, trace: NewtonTrace) -> None:
+    def __init__(
+        self,
+        design: Design,
+        hyperparameters: MapHyperparameters,
+        solved: list[tuple[Arm, CalibratedProblem, NewtonTrace]],
+        estimand: str = "att",
+        selection: ScaleSelection | None = None,
+    ) -> None:
         self.design = design
         self.hyperparameters = hyperparameters
-        self.converged = trace.converged
-        self.max_gradient = trace.max_gradient
-        self.iterations = trace.iterations
-        self.objective = trace.objective
-        self._theta_global = trace.theta_global
-        self._theta_local = trace.theta_local
-        weights = np.ones(design.n_units)
-        weights[problem.order] = trace.control_weights
+        self.estimand = estimand
+        self.selection = selection
+        traces = [trace for _, _, trace in solved]
+        self.converged = all(trace.converged for trace in traces)
+        self.max_gradient = max(trace.max_gradient for trace in traces)
+        self.iterations = max(trace.iterations for trace in traces)
+        self.objective = float(sum(trace.objective for trace in traces))
+        self._solutions = traces
+        self._arms = [arm for arm, _, _ in solved]
+        self._theta_global = traces[0].theta_global
+        self._theta_local = traces[0].theta_local
+        base = design.unit_weights
+        weights = base.copy()
+        # Within-group weights relative to the group's largest, per weighted arm: exp(η) may
+        # underflow to 0 for every unit of a group where balance is nearly infeasible, but the
+        # Hájek effects, the ESS and the weight shares only need ratios, which stay exact.
+        # The arm that is not reweighted keeps its base weights.
+        self._arm_weights = base.copy()
+        self._relative_weights = np.zeros(design.n_units)  # 0 on units not reweighted
+        self._totals = []
+        for arm, problem, trace in solved:
+            weights[problem.order] = trace.control_weights
+            relative, totals = _relative_to_largest(design, problem, trace)
+            self._relative_weights[problem.order] = relative
+            self._arm_weights[problem.order] = relative
+            self._totals.append((arm, totals))
         self.weights = pd.Series(weights, index=design.index, name="weight")
         self._effects = None
-        # The controls come in runs of one group each: per-group reductions are reduceat's.
-        codes = design.group_codes[problem.order]
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else []
-        groups = codes[starts]
 
-        def per_group(reduce: np.ufunc, values: np.ndarray, empty: float) -> np.ndarray:
-            out = np.full(design.n_groups, empty)
-            if len(groups):
-                out[groups] = reduce.reduceat(values, starts)
-            return out
+    @property
+    def balancing_weights(self) -> pd.Series:
+        """The weights without the base weights (:attr:`weights` over the base weight).
 
-        # Within-group weights relative to the group's largest: exp(η) may underflow to 0 for
-        # every control of a group where balance is nearly infeasible, but the Hájek CATT,
-        # the ESS and the weight shares only need ratios, which stay exact.
-        largest = per_group(np.maximum, trace.control_eta, -np.inf)
-        relative = np.exp(trace.control_eta - np.where(np.isfinite(largest), largest, 0.0)[codes])
-        self._relative_weights = np.zeros(design.n_units)  # 0 on treated units
-        self._relative_weights[problem.order] = relative
-        self._control_totals = {
-            "count": per_group(np.add, np.ones(len(codes)), 0.0),
-            "relative": per_group(np.add, relative, 0.0),
-            "weight": per_group(np.add, trace.control_weights, 0.0),
-        }
+        With integer base weights these are the weights each replicated row would get.
+        """
+        values = self.weights.to_numpy() / self.design.unit_weights
+        return pd.Series(values, index=self.design.index, name="balancing_weight")
 
     @functools.cached_property
     def _group_sums(self) -> GroupSums:
         return GroupSums(self.design.group_codes, self.design.n_groups)
 
     def __repr__(self) -> str:
-        att = f"{self.att:.4g}" if self.design.outcome is not None else "(no outcome)"
+        name = self.estimand.upper()
+        if self.design.outcome is not None:
+            effect = f"{name} {self.overall_effect:.4g}"
+        else:
+            effect = f"{name} weights (no outcome)"
         return (
-            f"MapResult: ATT {att}; {self.design.n_groups} groups; converged in "
+            f"MapResult: {effect}; {self.design.n_groups} groups; converged in "
             f"{self.iterations} Newton iterations (max |gradient| {self.max_gradient:.2g})"
         )
 
     @property
     def coefficients(self) -> xr.Dataset:
-        """The dual coefficients on the standardized scale, with named dims."""
+        """The dual coefficients on the standardized scale, with named dims.
+
+        With the ATT they are those of the propensity model (log odds of treatment); with
+        the ATC those of the log odds of control; with the ATE this is the problem of the
+        controls, and :meth:`arm_coefficients` gives either arm's.
+        """
+        return self.arm_coefficients(self._arms[0].name)
+
+    def arm_coefficients(self, arm: str) -> xr.Dataset:
+        """The dual coefficients of the problem that weights ``arm`` (``"control"`` or
+        ``"treated"``)."""
+        names = [a.name for a in self._arms]
+        if arm not in names:
+            raise ValueError(
+                f"arm={arm!r}: the {self.estimand.upper()} weights {' and '.join(names)} only"
+            )
+        solution = self._solutions[names.index(arm)]
         import xarray as xr  # only this view needs xarray: MAP fits import it lazily
 
         d = self.design
         n_group_cov = len(d.group_names)
-        theta = self._theta_global
+        theta, theta_local = solution.theta_global, solution.theta_local
         varying = d.varying_names
         delta = np.zeros((d.n_groups, len(d.unit_names)))
-        delta[:, d.varying] = self._theta_local[:, 1:]
+        delta[:, d.varying] = theta_local[:, 1:]
         mu = theta[1 + n_group_cov :]
         gamma = theta[1 : 1 + n_group_cov]
-        alpha = theta[0] + d.group_matrix @ gamma + self._theta_local[:, 0]
+        alpha = theta[0] + d.group_matrix @ gamma + theta_local[:, 0]
         return xr.Dataset(
             {
                 "intercept": ((), theta[0]),
                 "gamma": (("group_covariate",), gamma),
                 "mu_beta": (("unit_covariate",), mu),
                 "alpha": (("group",), alpha),
-                "alpha_deviation": (("group",), self._theta_local[:, 0]),
+                "alpha_deviation": (("group",), theta_local[:, 0]),
                 "beta": (("group", "unit_covariate"), mu + delta),
-                "beta_deviation": (("group", "varying_covariate"), self._theta_local[:, 1:]),
+                "beta_deviation": (("group", "varying_covariate"), theta_local[:, 1:]),
             },
             coords={
                 "group": list(d.groups),
@@ -222,6 +331,8 @@ class MapResult:
             },
             attrs={
                 "scale": f"logit scale, covariates standardized ({d.standardize})",
+                "estimand": self.estimand,
+                "weighted_arm": arm,
                 **{k: str(v) for k, v in self.hyperparameters.as_dict().items()},
             },
         )
@@ -230,52 +341,127 @@ class MapResult:
         if self.design.outcome is None:
             raise ValueError("the model has no outcome column: give outcome= to hierps.Model")
         if self._effects is None:
-            self._effects = catt_from_weights(
-                self.design.outcome,
-                self.design.treatment,
-                self._group_sums,
-                self._relative_weights,
+            d = self.design
+            weights = self._arm_weights  # relative on reweighted arms, base weights elsewhere
+            effects = catt_from_weights(
+                d.outcome, d.treatment, self._group_sums, weights, treated_weights=weights
             )
+            # Each group's share of the overall effect: its (base-weighted) treated units for
+            # the ATT, its controls for the ATC, all its units for the ATE.
+            base = d.unit_weights
+            if self.estimand == "att":
+                share = self._group_sums(np.where(d.treatment == 1, base, 0.0))
+            elif self.estimand == "atc":
+                share = self._group_sums(np.where(d.treatment == 0, base, 0.0))
+            else:
+                share = self._group_sums(base)
+            effects["group_share"] = share
+            self._effects = effects
         return self._effects
 
+    def _names(self, requested: str) -> tuple[str, str]:
+        names = EFFECT_NAMES[self.estimand]
+        if requested != self.estimand:
+            raise ValueError(
+                f"this fit targets the {self.estimand.upper()}: use .{names[0]} and "
+                f".{names[1]} (or .group_effects and .overall_effect), or refit with "
+                f"estimand={requested!r}"
+            )
+        return names
+
     @property
-    def catt(self) -> pd.DataFrame:
-        """Group effects on the treated, with counts, weight sums and Kish ESS of controls."""
+    def group_effects(self) -> pd.DataFrame:
+        """Group effects of the fitted estimand (CATT, CATC or CATE by group).
+
+        Columns: ``estimate``; ``n_treated``, ``n_control`` (unit counts);
+        ``weight_sum`` and ``ess``: the sum and Kish effective sample size of the weights of
+        the reweighted arm in the group (both arms for the ATE: ``weight_sum_control``,
+        ``ess_control``, ``weight_sum_treated``, ``ess_treated``); ``base_weight``: the
+        group's share in the overall effect (its base-weighted treated, control or total
+        count) when the model has base weights. NaN where a group lacks an arm.
+        """
         effects = self._compute_effects()
         d = self.design
         n_treated = d.treated_per_group
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
                 "estimate": effects["catt"],
                 "n_treated": n_treated.astype(int),
                 "n_control": (d.units_per_group - n_treated).astype(int),
-                "weight_sum": self._group_sums(
-                    np.where(d.treatment == 0, self.weights.to_numpy(), 0.0)
-                ),
-                "ess": self.group_ess.to_numpy(),
             },
             index=d.groups,
         )
+        weights = self.weights.to_numpy()
+        for arm in self._arms:
+            suffix = "" if len(self._arms) == 1 else f"_{arm.name}"
+            in_arm = d.treatment == arm.weighted
+            table[f"weight_sum{suffix}"] = self._group_sums(np.where(in_arm, weights, 0.0))
+            table[f"ess{suffix}"] = kish_ess(
+                np.where(in_arm, self._relative_weights, 0.0), self._group_sums
+            )
+        if d.base_weights is not None:
+            table["base_weight"] = effects["group_share"]
+        table.attrs["estimand"] = self.estimand
+        return table
+
+    @property
+    def overall_effect(self) -> float:
+        """The overall effect of the fitted estimand: the share-weighted mean of the
+        estimable group effects (see :attr:`group_effects`)."""
+        effects = self._compute_effects()
+        return float(att_from_catt(effects["catt"], effects["group_share"]))
+
+    @property
+    def catt(self) -> pd.DataFrame:
+        """Group effects on the treated (``estimand="att"``); see :attr:`group_effects`."""
+        self._names("att")
+        return self.group_effects
 
     @property
     def att(self) -> float:
         """The overall effect on the treated: the treated-weighted mean of the group CATTs."""
-        effects = self._compute_effects()
-        return float(att_from_catt(effects["catt"], effects["treated_weight"]))
+        self._names("att")
+        return self.overall_effect
+
+    @property
+    def catc(self) -> pd.DataFrame:
+        """Group effects on the controls (``estimand="atc"``)."""
+        self._names("atc")
+        return self.group_effects
+
+    @property
+    def atc(self) -> float:
+        """The overall effect on the controls: the control-weighted mean of the CATCs."""
+        self._names("atc")
+        return self.overall_effect
+
+    @property
+    def cate(self) -> pd.DataFrame:
+        """Group average effects (``estimand="ate"``)."""
+        self._names("ate")
+        return self.group_effects
+
+    @property
+    def ate(self) -> float:
+        """The average effect: the group-size-weighted mean of the CATEs."""
+        self._names("ate")
+        return self.overall_effect
 
     @property
     def relative_weights(self) -> pd.Series:
-        """Each control's weight over the largest control weight of its group (treated 0).
+        """Each reweighted unit's weight over the largest weight of its arm in its group (0
+        on units that are not reweighted: the treated with the ATT).
 
         Group effects, effective sample sizes and standard errors depend on the weights only
-        up to a factor per group; these ratios stay exact where ``exp(η)`` underflows for a
-        whole group (exact balance there nearly infeasible), unlike :attr:`weights`.
+        up to a factor per group and arm; these ratios stay exact where ``exp(η)`` underflows
+        for a whole group (exact balance there nearly infeasible), unlike :attr:`weights`.
+        Base weights are included.
         """
         return pd.Series(self._relative_weights, index=self.design.index, name="relative_weight")
 
     @property
     def group_ess(self) -> pd.Series:
-        """Kish effective sample size of the control weights in each group."""
+        """Kish effective sample size of the weights of the reweighted units in each group."""
         return pd.Series(
             kish_ess(self._relative_weights, self._group_sums),
             index=self.design.groups,
@@ -284,8 +470,11 @@ class MapResult:
 
     @property
     def ess(self) -> float:
-        """Kish effective sample size of all control weights."""
-        return float(kish_ess(self.weights.to_numpy()[self.design.treatment == 0]))
+        """Kish effective sample size of all weights of the reweighted units."""
+        reweighted = np.zeros(self.design.n_units, dtype=bool)
+        for arm in self._arms:
+            reweighted |= self.design.treatment == arm.weighted
+        return float(kish_ess(self.weights.to_numpy()[reweighted]))
 
     def balance(self) -> pd.DataFrame:
         """Covariate balance before and after weighting, globally and within each group.
@@ -294,14 +483,16 @@ class MapResult:
         """
         from hierps.balance.statistics import balance_frame
 
-        return balance_frame(self.design, self.weights.to_numpy())
+        return balance_frame(self.design, self.weights.to_numpy(), estimand=self.estimand)
 
     def _warn_extreme_weights(self) -> None:
+        for arm, totals in self._totals:
+            self._warn_extreme_arm(arm, totals)
+
+    def _warn_extreme_arm(self, arm: Arm, totals: dict[str, np.ndarray]) -> None:
         d = self.design
-        total = self._control_totals["relative"]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(total > 0, 1.0 / total, 0.0)  # the largest relative weight is 1
-        weight_sum, n_control = self._control_totals["weight"], self._control_totals["count"]
+        share = totals["share"]
+        weight_sum, n_control = totals["weight"], totals["count"]
         extreme = (share > EXTREME_WEIGHT_SHARE) & (n_control >= 2)
         if not extreme.any():
             return
@@ -311,17 +502,17 @@ class MapResult:
         vanishing = [labels[j] for j in np.flatnonzero(extreme & (weight_sum < 1e-8))]
         note = (
             f"; the weights of {_short(vanishing)} vanish (exact balance there is nearly "
-            f"infeasible): their CATTs are computed from the relative weights"
+            f"infeasible): their effects are computed from the relative weights"
             if vanishing
             else ""
         )
         warnings.warn(
-            f"{int(extreme.sum())} group(s) have one control carrying more than "
-            f"{EXTREME_WEIGHT_SHARE:.0%} of the group's control weight (largest shares: "
-            f"{table}){note}; their CATTs rest on very few controls (see fit.catt['ess']) — "
+            f"{int(extreme.sum())} group(s) have one {arm.name} unit carrying more than "
+            f"{EXTREME_WEIGHT_SHARE:.0%} of the group's {arm.name} weight (largest shares: "
+            f"{table}){note}; their effects rest on very few units (see fit.group_effects) — "
             f"a smaller sigma_beta trades within-group balance for effective sample size",
             HierpsWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 

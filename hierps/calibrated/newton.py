@@ -267,9 +267,11 @@ def newton_solve(
     """
     if theta_global is None:
         theta_global = np.zeros(problem.n_global)
-        # Start with the weights summing to the treated count: a0 = log(n1 / n0).
+        # Start with the weights summing to the treated count: a0 = log(n1 / n0) (both
+        # counts carry the base weights, if any).
         n_treated = problem.treated_moments[:, 0].sum()
-        theta_global[0] = np.log(n_treated / max(len(problem.order), 1))
+        n_controls = problem.layout.gram[:, 0, 0].sum()
+        theta_global[0] = np.log(n_treated / n_controls) if n_controls > 0 else 0.0
     if theta_local is None:
         theta_local = np.zeros((problem.n_groups, problem.n_local))
     theta_global = np.array(theta_global, dtype=float)

@@ -22,10 +22,12 @@ DEFAULT_SIGMA_BETA_GRID = tuple(np.geomspace(0.01, 100.0, 13))
 def pooling_path(
     model: Model,
     sigma_beta: Sequence[float] = DEFAULT_SIGMA_BETA_GRID,
-    sigma_alpha: float | None = None,
+    sigma_alpha: float | str | None = None,
     sigma_mu_beta: float | None = None,
     sigma_gamma: float | None = None,
     sigma_intercept: float | None = None,
+    auto: bool = False,
+    estimand: str = "att",
 ) -> pd.DataFrame:
     """Refit the MAP weights along a grid of ``sigma_beta``, warm-starting each fit.
 
@@ -39,7 +41,14 @@ def pooling_path(
     sigma_beta
         Grid of values (fitted in increasing order).
     sigma_alpha, sigma_mu_beta, sigma_gamma, sigma_intercept
-        Held fixed along the path (defaults as in :meth:`Model.fit_map`).
+        Held fixed along the path (defaults as in :meth:`Model.fit_map`); ``sigma_alpha``
+        may be ``"auto"`` (estimated once, at the empirical-Bayes ``sigma_beta``).
+    auto
+        Also fit the empirical-Bayes ``sigma_beta`` (``fit_map(sigma_beta="auto")``): its
+        row is added to the grid and flagged in the ``auto`` column, and ``attrs["auto"]``
+        records the chosen scales and how they were found.
+    estimand
+        The estimand of the fits (``"att"``, ``"atc"`` or ``"ate"``).
 
     Returns
     -------
@@ -47,7 +56,8 @@ def pooling_path(
         Indexed by ``sigma_beta``: ``global_max_smd`` (largest |SMD| over covariates after
         weighting), ``within_mean_smd`` and ``within_max_smd`` (mean and largest |SMD| over
         groups × covariates), ``ess`` (Kish ESS of all control weights), ``min_group_ess``,
-        ``att`` (when the model has an outcome) and ``iterations``.
+        ``att`` (``atc``, ``ate``: the overall effect, when the model has an outcome),
+        ``iterations`` and, with ``auto=True``, ``auto``.
     """
     grid = np.sort(np.asarray(sigma_beta, dtype=float))
     if grid.ndim != 1 or len(grid) == 0 or np.any(grid <= 0) or not np.all(np.isfinite(grid)):
@@ -60,13 +70,30 @@ def pooling_path(
         sigma_gamma=sigma_gamma,
         sigma_intercept=sigma_intercept,
     )
+    selection = None
+    if auto or sigma_alpha == "auto":
+        from hierps.calibrated.empirical_bayes import estimate_scales
+
+        names = [
+            name
+            for name, wanted in (("sigma_alpha", sigma_alpha == "auto"), ("sigma_beta", auto))
+            if wanted
+        ]
+        held = {k: v for k, v in fixed.items() if v is not None and k != "sigma_alpha"}
+        if sigma_alpha != "auto" and sigma_alpha is not None:
+            held["sigma_alpha"] = sigma_alpha
+        selection = estimate_scales(model.design, names, **held)
+        if "sigma_alpha" in selection.scales:
+            fixed["sigma_alpha"] = selection.scales["sigma_alpha"]
+        if "sigma_beta" in selection.scales:
+            grid = np.unique(np.r_[grid, selection.scales["sigma_beta"]])
     rows = []
     previous: MapResult | None = None
     for value in grid:
         with warnings.catch_warnings():
             # Extreme-weight warnings are expected towards no pooling; the ESS columns show it.
             warnings.simplefilter("ignore", HierpsWarning)
-            fit = model.fit_map(sigma_beta=float(value), init=previous, **fixed)
+            fit = model.fit_map(sigma_beta=float(value), init=previous, estimand=estimand, **fixed)
         previous = fit
         balance = fit.balance()
         covariates = balance[balance["covariate"] != INTERCEPT]
@@ -82,8 +109,12 @@ def pooling_path(
             "iterations": fit.iterations,
         }
         if model.design.outcome is not None:
-            row["att"] = fit.att
+            row[estimand] = fit.overall_effect
+        if selection is not None and "sigma_beta" in selection.scales:
+            row["auto"] = bool(value == selection.scales["sigma_beta"])
         rows.append(row)
     table = pd.DataFrame(rows).set_index("sigma_beta")
     table.attrs["fixed"] = {k: v for k, v in fixed.items() if v is not None}
+    if selection is not None:
+        table.attrs["auto"] = selection.as_dict()
     return table

@@ -182,7 +182,12 @@ def make_problem(
 
 
 def lay_out_controls(
-    x: np.ndarray, treated: np.ndarray, codes: np.ndarray, n_groups: int
+    x: np.ndarray,
+    treated: np.ndarray,
+    codes: np.ndarray,
+    n_groups: int,
+    weighted: np.ndarray | None = None,
+    base_weights: np.ndarray | None = None,
 ) -> ControlLayout:
     """Lay out the controls of ``z = (1, x)`` in padded buckets of groups of similar size.
 
@@ -191,17 +196,28 @@ def lay_out_controls(
     x
         ``(n, D − 1)``: the unit covariates of every unit.
     treated
-        ``(n,)`` booleans.
+        ``(n,)`` booleans: the *target* units, whose moments the weighted units balance.
     codes
         ``(n,)``: group code of every unit, in ``0 .. n_groups − 1``.
     n_groups
         The number of groups.
+    weighted
+        ``(n,)`` booleans: the units that get weights (the "controls" of the solver); by
+        default ``~treated``. Other estimands than the ATT choose other pairs (the ATC
+        weights the treated to the controls; the ATE each arm to the whole sample, so the
+        two sets may overlap).
+    base_weights
+        ``(n,)`` positive base weights ``b``: the loss becomes ``Σ b exp(η) − Σ_target b η``.
+        They enter as the offset ``log b`` of each control's ``η`` (so the solver's weights
+        are ``b·exp(η)``), the Gram matrices and the target moments.
 
     Returns
     -------
     ControlLayout
     """
-    control_rows = np.flatnonzero(~treated)
+    if weighted is None:
+        weighted = ~treated
+    control_rows = np.flatnonzero(weighted)
     control_codes = codes[control_rows]
     counts = np.bincount(control_codes, minlength=n_groups)
     group_order = np.argsort(counts, kind="stable")
@@ -222,7 +238,7 @@ def lay_out_controls(
     slots = group_start[sorted_ranks] + np.arange(len(order)) - first_of_group[sorted_ranks]
 
     padding = np.full(int(widths.sum()), -np.inf)
-    padding[slots] = 0.0
+    padding[slots] = 0.0 if base_weights is None else np.log(base_weights[order])
     source = np.zeros(len(padding), dtype=np.int64)
     source[slots] = order
     gathered = np.take(x, source, axis=0)
@@ -233,21 +249,27 @@ def lay_out_controls(
         n_bucket, width = stop - start, int(widths[start])
         rows = slice(int(group_start[start]), int(group_start[start]) + n_bucket * width)
         z = np.empty((n_bucket, dimension, width))
-        z[:, 0] = np.exp(padding[rows]).reshape(n_bucket, width)  # 1, or 0 at padding
+        z[:, 0] = np.isfinite(padding[rows]).reshape(n_bucket, width)  # 1, or 0 at padding
         z[:, 1:] = gathered[rows].reshape(n_bucket, width, dimension - 1).transpose(0, 2, 1)
         buckets.append(Bucket(slice(start, stop), rows, z))
 
+    target_weight = treated.astype(float)
+    if base_weights is not None:
+        target_weight = target_weight * base_weights
     treated_moments = np.empty((n_groups, dimension))
-    treated_moments[:, 0] = np.bincount(rank[codes[treated]], minlength=n_groups)
+    treated_moments[:, 0] = np.bincount(rank[codes], weights=target_weight, minlength=n_groups)
     # Σ_T x per group as one sparse product: np.add.at is an order of magnitude slower.
     indicator = sp.csc_array(
-        (treated.astype(float), rank[codes], np.arange(len(codes) + 1)),
+        (target_weight, rank[codes], np.arange(len(codes) + 1)),
         shape=(n_groups, len(codes)),
     )
     treated_moments[:, 1:] = indicator @ x
     gram = np.zeros((n_groups, dimension, dimension))
     for bucket in buckets:
-        np.matmul(bucket.z, bucket.z_rows, out=gram[bucket.groups])
+        z = bucket.z
+        if base_weights is not None:
+            z = z * np.exp(padding[bucket.rows]).reshape(z.shape[0], 1, -1)
+        np.matmul(z, bucket.z_rows, out=gram[bucket.groups])
     return ControlLayout(tuple(buckets), group_order, slots, order, padding, treated_moments, gram)
 
 

@@ -33,6 +33,7 @@ class ColumnRoles:
     group_covariates: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
     varying_slopes: tuple[str, ...] | None = None
+    weights: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +62,15 @@ class Design:
     standardize: str
     unit_sources: dict[str, str] = field(default_factory=dict)
     group_sources: dict[str, str] = field(default_factory=dict)
+    # Base (survey or frequency) weights of the units; None means every unit weighs 1.
+    base_weights: np.ndarray | None = None
+
+    @property
+    def unit_weights(self) -> np.ndarray:
+        """The base weight of every unit (ones without a ``weights`` column)."""
+        if self.base_weights is None:
+            return np.ones(self.n_units)
+        return self.base_weights
 
     @property
     def n_units(self) -> int:
@@ -122,6 +132,8 @@ class Design:
             f"  group covariates ({len(self.group_names)}): {_short_list(self.group_names)}",
             f"  standardization: {self.standardize}",
         ]
+        if self.roles.weights is not None:
+            lines.append(f"  base weights: '{self.roles.weights}'")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -303,24 +315,60 @@ def _encode(
     return encoded, sources
 
 
-def _spread(values: pd.DataFrame) -> pd.Series:
+def _spread(values: pd.DataFrame, weights: np.ndarray | None = None) -> pd.Series:
     """Standard deviation (ddof=1) of each column, exactly 0 for a column with one value.
 
     Summation error makes ``std`` of a constant float column a few 1e-17 rather than 0 (e.g.
     ``pd.Series([0.1] * 1000).std()``); scaling by that would blow the column up to ~1e16.
-    Columns with fewer than two values keep their NaN.
+    Columns with fewer than two values keep their NaN. With base weights ``b`` the variance
+    is ``Σ b (x − x̄_b)² / (Σ b − 1)``: frequency weights, so that integer weights give the
+    standard deviation of the rows replicated that many times.
     """
-    sd = values.std(ddof=1)
+    if weights is None:
+        sd = values.std(ddof=1)
+    else:
+        sd = _weighted_moments(values, weights)[1]
     single = (values.nunique(dropna=True) <= 1) & (values.count() >= 2)
     return sd.mask(single, 0.0)
 
 
+def _weighted_moments(values: pd.DataFrame, weights: np.ndarray) -> tuple[pd.Series, pd.Series]:
+    """Weighted mean and frequency-weighted standard deviation of each column (NaNs skipped)."""
+    x = values.to_numpy(dtype=float)
+    present = ~np.isnan(x)
+    b = np.where(present, weights[:, None], 0.0)
+    total = b.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(total > 0, (b * np.where(present, x, 0.0)).sum(axis=0) / total, np.nan)
+        squares = (b * np.where(present, x - mean, 0.0) ** 2).sum(axis=0)
+        sd = np.where(total > 1, np.sqrt(squares / (total - 1)), np.nan)
+    return pd.Series(mean, index=values.columns), pd.Series(sd, index=values.columns)
+
+
 def _scaling(
-    values: pd.DataFrame, treated: np.ndarray, method: str, level: str
+    values: pd.DataFrame,
+    treated: np.ndarray,
+    method: str,
+    level: str,
+    weights: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Centre and scale of each column; columns without variation are listed to be dropped."""
+    """Centre and scale of each column; columns without variation are listed to be dropped.
+
+    With base ``weights`` the means and standard deviations are weighted ones.
+    """
     treated_mask = treated.astype(bool)
-    overall_sd = _spread(values)
+
+    def mean(frame: pd.DataFrame, mask: np.ndarray | None = None) -> pd.Series:
+        if weights is None:
+            return frame.mean()
+        return _weighted_moments(frame, weights if mask is None else weights[mask])[0]
+
+    def spread(frame: pd.DataFrame, mask: np.ndarray | None = None) -> pd.Series:
+        return _spread(
+            frame, None if weights is None else (weights if mask is None else weights[mask])
+        )
+
+    overall_sd = spread(values)
     constant = [name for name in values.columns if not overall_sd[name] > 0]
     if method == "none":
         center = pd.Series(0.0, index=values.columns)
@@ -328,10 +376,13 @@ def _scaling(
     else:
         treated_values = values[treated_mask]
         control_values = values[~treated_mask]
-        pooled_sd = np.sqrt((_spread(treated_values) ** 2 + _spread(control_values) ** 2) / 2)
+        pooled_sd = np.sqrt(
+            (spread(treated_values, treated_mask) ** 2 + spread(control_values, ~treated_mask) ** 2)
+            / 2
+        )
         if method == "treated":
-            center = treated_values.mean()
-            scale = _spread(treated_values)
+            center = mean(treated_values, treated_mask)
+            scale = spread(treated_values, treated_mask)
             fallback = [
                 name for name in values.columns if name not in constant and not scale[name] > 0
             ]
@@ -343,9 +394,9 @@ def _scaling(
                     stacklevel=4,
                 )
                 scale[fallback] = pooled_sd[fallback]
-                center[fallback] = center[fallback].fillna(values[fallback].mean())
+                center[fallback] = center[fallback].fillna(mean(values)[fallback])
         else:
-            center = values.mean()
+            center = mean(values)
             scale = pooled_sd
         # A column that varies only across arms can still have zero pooled spread.
         scale = scale.where(scale > 0, overall_sd)
@@ -415,7 +466,12 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
         raise DataError(
             f"columns {_list_labels(sorted(overlap))} are given both as unit and group covariates"
         )
-    reserved = {roles.treatment: "treatment", roles.group: "group", roles.outcome: "outcome"}
+    reserved = {
+        roles.treatment: "treatment",
+        roles.group: "group",
+        roles.outcome: "outcome",
+        roles.weights: "weights",
+    }
     for name in (*roles.unit_covariates, *roles.group_covariates):
         if name in reserved:
             raise DataError(
@@ -430,6 +486,10 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
     treatment = _validate_treatment(frame, roles.treatment)
     groups, codes = _validate_groups(frame, roles.group)
     outcome = _validate_outcome(frame, roles.outcome)
+    base_weights = None
+    if roles.weights is not None:
+        _check_columns(frame, [roles.weights], "weights")
+        base_weights = validate_base_weights(frame, roles.weights)
     _check_constant_within_groups(frame, roles.group, roles.group_covariates)
 
     n_treated = np.bincount(codes, weights=treatment, minlength=len(groups))
@@ -446,7 +506,7 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
 
     categorical = set(roles.categorical)
     unit_encoded, unit_sources = _encode(frame, roles.unit_covariates, categorical)
-    unit_scaling, dropped = _scaling(unit_encoded, treatment, method, "unit")
+    unit_scaling, dropped = _scaling(unit_encoded, treatment, method, "unit", base_weights)
     unit_encoded = unit_encoded.drop(columns=dropped)
     unit_matrix = _standardized(unit_encoded, unit_scaling)
 
@@ -458,7 +518,7 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
         group_rows, roles.group_covariates, categorical, rows="groups"
     )
     per_unit = group_encoded.iloc[codes].set_axis(frame.index)
-    group_scaling, dropped_groups = _scaling(per_unit, treatment, method, "group")
+    group_scaling, dropped_groups = _scaling(per_unit, treatment, method, "group", base_weights)
     group_encoded = group_encoded.drop(columns=dropped_groups).set_axis(groups)
     group_matrix = _standardized(group_encoded, group_scaling)
 
@@ -481,7 +541,23 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
         standardize=method,
         unit_sources={k: v for k, v in unit_sources.items() if k in unit_names},
         group_sources={k: v for k, v in group_sources.items() if k in group_encoded.columns},
+        base_weights=base_weights,
     )
+
+
+def validate_base_weights(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """The base (survey or frequency) weights: positive finite numbers, one per unit."""
+    series = frame[column]
+    if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        raise DataError(f"weights column {column!r} must be numeric; it has dtype {series.dtype}")
+    values = series.to_numpy(dtype=float)
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        raise DataError(
+            f"weights column {column!r} must hold positive finite numbers; rows "
+            f"{_list_labels(frame.index[bad])} have {_list_labels(pd.unique(series[bad]))}"
+        )
+    return values
 
 
 def _standardize_method(standardize: bool | str) -> str:

@@ -63,7 +63,10 @@ class MapHyperparameters:
     Defaults: ``sigma_alpha = sigma_beta = 1`` (one standard deviation of the standardized
     covariates on the logit scale), ``sigma_mu_beta = sigma_gamma = 1``,
     ``sigma_intercept = 2.5``. Larger ``sigma_beta`` buys more within-group balance at the
-    cost of effective sample size; :func:`hierps.pooling_path` shows the trade-off.
+    cost of effective sample size; :func:`hierps.pooling_path` shows the trade-off, and
+    ``fit_map(sigma_alpha="auto", sigma_beta="auto")`` estimates both scales by empirical
+    Bayes (``docs/estimands.md``; not the default, since in simulations σ_β = 1 estimates the
+    group effects better).
     """
 
     sigma_intercept: float = FIXED_SCALE_DEFAULTS["sigma_intercept"]

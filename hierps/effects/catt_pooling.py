@@ -83,7 +83,7 @@ class PooledCATT:
 
 
 def map_standard_errors(result: MapResult) -> pd.Series:
-    """Standard errors of the MAP group CATTs by the linearization of the Hájek estimator.
+    """Standard errors of the MAP group effects by the linearization of the Hájek estimator.
 
     ::
 
@@ -92,7 +92,9 @@ def map_standard_errors(result: MapResult) -> pd.Series:
     ``s²_{T,j}`` is the sample variance (ddof 1) of the treated outcomes in group ``j``; in
     groups with one treated unit it is the pooled within-group variance of the treated over
     the groups with at least two. The weights are treated as known (the uncertainty of
-    estimating them is not included). Groups without controls or treated are NaN.
+    estimating them is not included). Groups without controls or treated are NaN. With the
+    ATC, the ATE or base weights, each arm's term is the weighted form of the control term
+    (see :func:`_two_arm_standard_errors`).
 
     Parameters
     ----------
@@ -109,9 +111,46 @@ def map_standard_errors(result: MapResult) -> pd.Series:
     design = result.design
     if design.outcome is None:
         raise ValueError("the model has no outcome column: give outcome= to hierps.Model")
+    if result.estimand != "att" or design.base_weights is not None:
+        return _two_arm_standard_errors(result)
     # Within-group relative weights: the formula is scale-free in each group, and they stay
     # defined where every control weight of a group underflows.
     return hajek_standard_errors(design, result.relative_weights.to_numpy(), design.outcome)
+
+
+def _two_arm_standard_errors(result: MapResult) -> pd.Series:
+    """The linearization of :func:`map_standard_errors` with weights in both arms.
+
+    Each arm contributes ``Σ a² (Y − Ȳ_a)² / (Σ a)²`` with its weights ``a`` (the relative
+    weights of a reweighted arm, the base weights of the other). An arm that is not
+    reweighted gets the factor ``m / (m − 1)`` of its ``m`` units (``s² / m`` with equal
+    weights, as for the treated of the ATT) and, in groups where it has one unit, the pooled
+    variance of the groups where it has more.
+    """
+    design = result.design
+    y = design.outcome
+    sums = GroupSums(design.group_codes, design.n_groups)
+    reweighted = {arm.weighted for arm in result._arms}
+    variance = np.zeros(design.n_groups)
+    estimable = np.ones(design.n_groups, dtype=bool)
+    for value in (0, 1):
+        in_arm = design.treatment == value
+        a = np.where(in_arm, result._arm_weights, 0.0)
+        count = sums(in_arm.astype(float))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total, squares = sums(a), sums(a**2)
+            mean = sums(a * y) / total
+            spread = sums(a**2 * (y - mean[design.group_codes]) ** 2)
+            part = spread / total**2
+            if value not in reweighted:
+                several = count >= 2
+                # The pooled variance Σ spread / Σ Σa²·(m − 1)/m: Σ SS / Σ (m − 1) if a = 1.
+                dof = squares * (count - 1) / count
+                pooled = spread[several].sum() / dof[several].sum() if several.any() else np.nan
+                part = np.where(several, part * count / (count - 1), pooled * squares / total**2)
+        variance += part
+        estimable &= total > 0
+    return pd.Series(np.sqrt(np.where(estimable, variance, np.nan)), index=design.groups, name="se")
 
 
 def hajek_standard_errors(

@@ -15,25 +15,26 @@ __all__ = ["compare"]
 
 
 def compare(map_result: MapResult, posterior_result: PosteriorResult) -> pd.DataFrame:
-    """Group CATTs of a MAP fit and of a posterior, side by side.
+    """Group effects of a MAP fit and of a posterior of the same estimand, side by side.
 
     Parameters
     ----------
     map_result
         A :class:`hierps.calibrated.fit.MapResult` (``Model.fit_map``).
     posterior_result
-        A :class:`hierps.posterior.result.PosteriorResult` of the same data with ``estimand="att"``
-        (``Model.sample``).
+        A :class:`hierps.posterior.result.PosteriorResult` of the same data and the same estimand
+        (``Model.sample(estimand=...)``: ATT, ATC or ATE).
 
     Returns
     -------
     pandas.DataFrame
-        One row per group: ``map`` (the MAP CATT), ``posterior_mean``, ``lower`` and
+        One row per group: ``map`` (the MAP group effect), ``posterior_mean``, ``lower`` and
         ``upper`` (the posterior's equal-tailed interval, 90 % by default) and
-        ``map_in_interval`` (nullable boolean; ``<NA>`` where either CATT is NaN).
-        ``attrs`` holds ``weight_correlation``, the Pearson correlation over the controls of
-        the MAP weights with the posterior-mean weights, ``ci_prob`` and the posterior's
-        ``uncertainty``.
+        ``map_in_interval`` (nullable boolean; ``<NA>`` where either effect is NaN).
+        ``attrs`` holds ``weight_correlation``, the Pearson correlation over the reweighted
+        units (controls for the ATT, treated for the ATC, all for the ATE) of the MAP weights
+        with the posterior-mean weights, ``ci_prob``, the posterior's ``uncertainty`` and the
+        ``estimand``.
     """
     # Imported here so that `import hierps` does not pull in PyMC through this module.
     from hierps.calibrated.fit import MapResult
@@ -45,10 +46,12 @@ def compare(map_result: MapResult, posterior_result: PosteriorResult) -> pd.Data
         raise TypeError(
             f"posterior_result must be a PosteriorResult, not {type(posterior_result).__name__}"
         )
-    if posterior_result.estimand != "att":
+    estimand = map_result.estimand
+    if posterior_result.estimand != estimand:
         raise ValueError(
-            f"the posterior estimated the {posterior_result.estimand.upper()} but MAP weights "
-            f"target the ATT: sample with estimand='att'"
+            f"the posterior estimated the {posterior_result.estimand.upper()} but the MAP "
+            f"weights target the {estimand.upper()}: sample with estimand={estimand!r} or fit "
+            f"the MAP with estimand={posterior_result.estimand!r}"
         )
     map_design, design = map_result.design, posterior_result.design
     same_units = map_design.index.equals(design.index) and np.array_equal(
@@ -60,8 +63,8 @@ def compare(map_result: MapResult, posterior_result: PosteriorResult) -> pd.Data
             "treatment or groups differ)"
         )
 
-    posterior = posterior_result.catt
-    map_catt = map_result.catt["estimate"].to_numpy()
+    posterior = posterior_result.group_effects
+    map_catt = map_result.group_effects["estimate"].to_numpy()
     lower, upper = posterior["lower"].to_numpy(), posterior["upper"].to_numpy()
     known = np.isfinite(map_catt) & np.isfinite(lower) & np.isfinite(upper)
     inside = pd.array(np.where(known, (lower <= map_catt) & (map_catt <= upper), False))
@@ -76,8 +79,14 @@ def compare(map_result: MapResult, posterior_result: PosteriorResult) -> pd.Data
         },
         index=design.groups,
     )
-    controls = design.treatment == 0
+    if estimand == "att":
+        controls = design.treatment == 0
+    elif estimand == "atc":
+        controls = design.treatment == 1
+    else:
+        controls = np.ones(design.n_units, dtype=bool)
     table.attrs = {
+        "estimand": estimand,
         "weight_correlation": float(
             np.corrcoef(
                 map_result.weights.to_numpy()[controls],

@@ -16,10 +16,18 @@ from hierps.plots.style import COLORS, legend, new_axes, new_axes_pair, style
 __all__ = ["plot_catt", "plot_map_vs_posterior"]
 
 
+#: Overall and group effect names and the population of each estimand, for labels.
+_LABELS = {
+    "att": ("ATT", "CATT", "on the treated"),
+    "atc": ("ATC", "CATC", "on the controls"),
+    "ate": ("ATE", "CATE", "on everyone"),
+}
+
+
 def _effect_tables(result: Any, map_result: Any) -> tuple[Any, pd.DataFrame | None, Any]:
     """The design, the posterior CATT table (or None) and the MAP result (or None)."""
     if hasattr(result, "idata"):
-        return result.design, result.catt, map_result
+        return result.design, _group_effects(result), map_result
     if map_result is not None:
         raise ValueError(
             "give the posterior result first and the MAP result as map_result=, or a MAP "
@@ -28,8 +36,14 @@ def _effect_tables(result: Any, map_result: Any) -> tuple[Any, pd.DataFrame | No
     return result.design, None, result
 
 
+def _group_effects(result: Any) -> pd.DataFrame:
+    """The group-effect table of any estimand (``.catt`` of results that predate the others)."""
+    table = getattr(result, "group_effects", None)
+    return result.catt if table is None else table
+
+
 def _overall_effect(result: Any) -> float:
-    att = result.att
+    att = result.overall_effect if hasattr(result, "overall_effect") else result.att
     if isinstance(att, pd.DataFrame):
         return float(att["mean"].iloc[0])
     return float(att)
@@ -82,6 +96,8 @@ def plot_catt(
     (Figure, Axes)
     """
     design, posterior, map_fit = _effect_tables(result, map_result)
+    estimand = str(getattr(result, "estimand", "att"))
+    overall_name, group_name, population = _LABELS[estimand]
     groups = design.groups
     valid = ("estimate", "group", *design.group_names)
     if sort_by not in valid:
@@ -92,7 +108,7 @@ def plot_catt(
             posterior[["mean", "lower", "upper"]], groups, "result.catt"
         )
     if map_fit is not None:
-        estimates["map"] = map_fit.catt["estimate"].to_numpy()
+        estimates["map"] = _group_effects(map_fit)["estimate"].to_numpy()
     if pooled is not None:
         missing = {"mean", "lower", "upper"} - set(pooled.columns)
         if missing:
@@ -132,7 +148,7 @@ def plot_catt(
                 (estimates["mean"], y, _overall_effect(result)),
                 "posterior",
                 marker=("o", 18, 3, "posterior mean and interval"),
-                line=("--", 1.0, "posterior ATT"),
+                line=("--", 1.0, f"posterior {overall_name}"),
             )
         if map_fit is not None:
             _estimates_and_overall(
@@ -140,7 +156,7 @@ def plot_catt(
                 (estimates["map"], y - offset, _overall_effect(map_fit)),
                 "map",
                 marker=("D", 16, 4, "MAP estimate"),
-                line=(":", 1.2, "MAP ATT"),
+                line=(":", 1.2, f"MAP {overall_name}"),
             )
         if pooled is not None:
             ax.hlines(
@@ -164,10 +180,10 @@ def plot_catt(
                 tick.set_color(COLORS["before"])
         ax.set_ylim(-0.8, len(groups) - 0.2)
         ax.grid(axis="y", visible=False)
-        ax.set_xlabel("effect on the treated (outcome scale)")
+        ax.set_xlabel(f"effect {population} (outcome scale)")
         ax.set_ylabel(design.roles.group)
         sorted_by = "" if sort_by == "group" else f", sorted by {sort_by}"
-        ax.set_title(f"Group effects on the treated (CATT){sorted_by}")
+        ax.set_title(f"Group effects {population} ({group_name}){sorted_by}")
         legend(fig, ax, own_figure)
     return fig, ax
 
@@ -206,9 +222,9 @@ def plot_map_vs_posterior(
     post_weights = np.asarray(posterior_result.weights, dtype=float)[controls]
     positive = (map_weights > 0) & (post_weights > 0) & np.isfinite(map_weights * post_weights)
 
-    catt = pd.DataFrame({"map": map_result.catt["estimate"].to_numpy()}, index=design.groups).join(
-        posterior_result.catt[["mean", "lower", "upper"]].set_axis(design.groups)
-    )
+    catt = pd.DataFrame(
+        {"map": _group_effects(map_result)["estimate"].to_numpy()}, index=design.groups
+    ).join(_group_effects(posterior_result)[["mean", "lower", "upper"]].set_axis(design.groups))
     shown = catt.dropna()
 
     with style():

@@ -37,7 +37,8 @@ def plot_pooling_path(
     path_table
         The table of :func:`hierps.pooling_path` (indexed by ``sigma_beta``).
     chosen
-        A ``sigma_beta`` to mark.
+        A ``sigma_beta`` to mark. The empirical-Bayes value of a path traced with
+        ``auto=True`` is marked too (dashed).
     threshold
         |SMD| reference line; ``None`` for none.
     ax
@@ -87,6 +88,20 @@ def plot_pooling_path(
         twin.set_ylim(bottom=0)
         twin.set_ylabel("effective sample size of the controls", color=COLORS["ess"])
         twin.tick_params(axis="y", colors=COLORS["ess"])
+        auto = path_table.attrs.get("auto")
+        if auto and "sigma_beta" in auto:
+            # The empirical-Bayes choice of pooling_path(..., auto=True).
+            ax.axvline(auto["sigma_beta"], color=COLORS["map"], linewidth=1, linestyle="--")
+            ax.annotate(
+                rf"empirical Bayes $\sigma_\beta$ = {auto['sigma_beta']:.3g}",
+                xy=(auto["sigma_beta"], 0.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, 3),
+                textcoords="offset points",
+                va="bottom",
+                fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )
         if chosen is not None:
             ax.axvline(chosen, color=COLORS["reference"], linewidth=1)
             ax.annotate(
@@ -131,8 +146,12 @@ def plot_weights(
     (Figure, numpy.ndarray of two Axes)
     """
     table = as_balance_table(result_or_table, None)
+    # The reweighted arm: the controls (ATT, ATE) or the treated (ATC).
+    arm = table.ess.attrs.get("arm", "control")
+    count = "n_treated" if arm == "treated" else "n_control"
+    units = "treated" if arm == "treated" else "controls"
     groups = table.ess[table.ess["scope"] == "group"]
-    groups = groups[groups["n_control"] > 0]
+    groups = groups[groups[count] > 0]
     overall = table.ess.iloc[0]
     ranked = groups.sort_values("max_weight_share", ascending=False, kind="stable")
     extreme = ranked["max_weight_share"].to_numpy() > share_threshold
@@ -155,12 +174,12 @@ def plot_weights(
         left.set_ylim(0, 1.05)
         left.set_xlim(0.3, len(ranked) + 0.7)
         left.set_xlabel("groups, ranked")
-        left.set_ylabel("share of the group's control weight\non its largest control")
+        left.set_ylabel(f"share of the group's {arm} weight\non its largest {arm} unit")
         left.set_title("Largest single weight per group")
 
         if "ess_lower" in groups:
             right.vlines(
-                groups["n_control"],
+                groups[count],
                 groups["ess_lower"],
                 groups["ess_upper"],
                 color=COLORS["after"],
@@ -168,23 +187,23 @@ def plot_weights(
             )
         share = groups["max_weight_share"].to_numpy() > share_threshold
         right.scatter(
-            groups["n_control"],
+            groups[count],
             groups["ess"],
             c=np.where(share, COLORS["within"], COLORS["after"]),
             s=16,
             zorder=3,
         )
-        high = max(float(groups["n_control"].max()), 1.0) if len(groups) else 1.0
+        high = max(float(groups[count].max()), 1.0) if len(groups) else 1.0
         right.plot([1, high], [1, high], color=COLORS["reference"], linestyle="--", linewidth=0.8)
         right.set_xscale("log")
         right.set_yscale("log")
-        right.set_xlabel("controls in the group")
+        right.set_xlabel(f"{units} in the group")
         right.set_ylabel("effective sample size (Kish)")
         right.set_title("Effective sample size per group")
         right.text(
             0.02,
             0.97,
-            f"all controls: ESS {overall['ess']:,.0f} of {int(overall['n_control']):,}",
+            f"all {units}: ESS {overall['ess']:,.0f} of {int(overall[count]):,}",
             transform=right.transAxes,
             va="top",
             fontsize=8,

@@ -23,7 +23,7 @@ from hierps.design.build import Design
 from hierps.effects.estimands import att_from_catt, effects_from_sums
 from hierps.exceptions import check_choice, warn
 from hierps.mcmc.conventions import CI_PROB
-from hierps.posterior.result import ESTIMANDS, UNCERTAINTIES, PosteriorResult
+from hierps.posterior.result import EFFECT_NAMES, ESTIMANDS, UNCERTAINTIES, PosteriorResult
 from hierps.pymc_model import Patterns, compress
 
 __all__ = ["CHUNK_ELEMENTS", "check_estimand_loss", "from_idata", "unit_weights"]
@@ -36,10 +36,10 @@ _DERIVED_GROUPS = ("estimands", "weights")
 
 def check_estimand_loss(estimand: str, loss: str) -> None:
     """The calibrated loss is the ATT loss: reject it with another estimand."""
-    if estimand == "ate" and loss == "calibrated":
+    if estimand != "att" and loss == "calibrated":
         raise ValueError(
             "the calibrated loss targets the ATT (its weights balance controls to the treated); "
-            "use loss='bernoulli' for estimand='ate'"
+            f"use loss='bernoulli' for estimand={estimand!r}"
         )
 
 
@@ -101,6 +101,7 @@ def from_idata(
     tree = idata.drop_nodes(list(_DERIVED_GROUPS), errors="ignore")
     attrs = {
         "estimand": estimand,
+        **_base_weight_attrs(design),
         "uncertainty": uncertainty,
         "loss": loss,
         "ci_prob": CI_PROB,
@@ -132,15 +133,16 @@ def from_idata(
         coords={k: coords[k] for k in (("chain", "draw", "obs") if store_weights else ("obs",))},
         attrs={
             **attrs,
-            "description": (
-                "posterior-mean weight of each unit (treated 1, controls exp(eta))"
-                if estimand == "att"
-                else "posterior-mean weight of each unit (treated 1/pi, controls 1/(1-pi))"
-            ),
+            "description": {
+                "att": "posterior-mean weight of each unit (treated 1, controls exp(eta))",
+                "atc": "posterior-mean weight of each unit (treated exp(-eta), controls 1)",
+                "ate": "posterior-mean weight of each unit (treated 1/pi, controls 1/(1-pi))",
+            }[estimand]
+            + ("; times the base weight" if design.base_weights is not None else ""),
         },
     )
     if design.outcome is not None:
-        group_name, overall_name = ("catt", "att") if estimand == "att" else ("cate", "ate")
+        group_name, overall_name = EFFECT_NAMES[estimand]
         tree["estimands"] = xr.Dataset(
             {
                 group_name: (("chain", "draw", "group"), by_draw(computed["effect"])),
@@ -194,14 +196,16 @@ def _coefficients(design: Design, posterior: xr.Dataset) -> tuple[np.ndarray, np
 def unit_weights(eta: np.ndarray, treatment: np.ndarray, estimand: str) -> np.ndarray:
     """Every unit's weight from its linear predictor ``η = logit π`` (any leading axes).
 
-    ATT: treated 1, controls the odds ``exp(η)``. ATE: treated ``1/π = 1 + exp(−η)``,
-    controls ``1/(1 − π) = 1 + exp(η)``.
+    ATT: treated 1, controls the odds ``exp(η)``. ATC: treated ``(1 − π)/π = exp(−η)``,
+    controls 1. ATE: treated ``1/π = 1 + exp(−η)``, controls ``1/(1 − π) = 1 + exp(η)``.
     """
     treated = treatment == 1
     # Only the arm that uses exp(±η) evaluates it: the other arm's η may be large enough to
     # overflow without meaning anything.
     if estimand == "att":
         return np.where(treated, 1.0, np.exp(np.where(treated, 0.0, eta)))
+    if estimand == "atc":
+        return np.where(treated, np.exp(-np.where(treated, eta, 0.0)), 1.0)
     return 1.0 + np.exp(np.where(treated, -eta, eta))
 
 
@@ -244,7 +248,11 @@ def _cells(design: Design, patterns: Patterns) -> _Cells:
 
 
 def _bootstrap_masses(
-    rng: np.random.Generator, cells: _Cells, outcome: np.ndarray, n_draws: int
+    rng: np.random.Generator,
+    cells: _Cells,
+    outcome: np.ndarray,
+    n_draws: int,
+    base: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Callable[[], np.ndarray]]:
     """Bayesian-bootstrap unit weights of ``n_draws`` draws, summed over each cell.
 
@@ -254,11 +262,15 @@ def _bootstrap_masses(
     function giving the weights of every unit ``(n_draws, n)`` (for storing them).
     """
     exponential = rng.standard_exponential((n_draws, len(cells.unit_order)))
-    mass = np.add.reduceat(exponential, cells.unit_starts, axis=1)
-    outcome_mass = np.add.reduceat(exponential * outcome[cells.unit_order], cells.unit_starts, 1)
-    group_total = np.add.reduceat(mass, cells.group_starts, axis=1)
+    # The Dirichlet scale comes from the bootstrap weights alone; base weights multiply them.
+    group_total = np.add.reduceat(
+        np.add.reduceat(exponential, cells.unit_starts, axis=1), cells.group_starts, axis=1
+    )
     group_size = np.add.reduceat(cells.units, cells.group_starts)
     scale = (group_size / group_total)[:, cells.group]  # (n_draws, c)
+    based = exponential if base is None else exponential * base[cells.unit_order]
+    mass = np.add.reduceat(based, cells.unit_starts, axis=1)
+    outcome_mass = np.add.reduceat(based * outcome[cells.unit_order], cells.unit_starts, 1)
 
     def unit_weights() -> np.ndarray:
         weights = np.empty_like(exponential)
@@ -294,8 +306,10 @@ def _per_draw(
         """Sums over the cells of one arm in each group: (draws, c) -> (draws, J)."""
         return np.add.reduceat(np.where(arm_mask[arm], values, 0.0), cells.group_starts, 1)
 
+    base = design.unit_weights
+    cell_mass = np.bincount(cells.of_unit, weights=base, minlength=n_cells)
     if design.outcome is not None:
-        outcome_total = np.bincount(cells.of_unit, weights=design.outcome, minlength=n_cells)
+        outcome_total = np.bincount(cells.of_unit, weights=base * design.outcome, minlength=n_cells)
     # Chunks bound the (draws × units) bootstrap or stored weights and the gathered slopes.
     size = max(1, CHUNK_ELEMENTS // max(n, len(patterns) * max(1, len(design.unit_names))))
     weight_total = np.zeros(n_cells)
@@ -316,12 +330,12 @@ def _per_draw(
             continue
         if uncertainty == "bayesian_bootstrap":
             mass, outcome_mass, bootstrap_weights = _bootstrap_masses(
-                rng, cells, design.outcome, eta.shape[0]
+                rng, cells, design.outcome, eta.shape[0], design.base_weights
             )
             if store_weights:
                 out["bootstrap"].append(bootstrap_weights())
         else:
-            mass, outcome_mass = cells.units, outcome_total
+            mass, outcome_mass = cell_mass, outcome_total
         effects = effects_from_sums(
             treated_weight=arm_sums(weights * mass, 1),
             treated_total=arm_sums(weights * outcome_mass, 1),
@@ -330,11 +344,13 @@ def _per_draw(
         )
         if estimand == "att":
             group_weight = effects["treated_weight"]
+        elif estimand == "atc":
+            group_weight = effects["control_weight"]
         else:
-            # The ATE weighs each group by its (bootstrap) size, which the Dirichlet scaling
-            # keeps at the group's number of units.
-            group_weight = np.broadcast_to(
-                design.units_per_group.astype(float), effects["catt"].shape
+            # The ATE weighs each group by its (bootstrap, base-weighted) size; without base
+            # weights the Dirichlet scaling keeps it at the group's number of units.
+            group_weight = arm_sums(np.broadcast_to(mass, weights.shape), 0) + arm_sums(
+                np.broadcast_to(mass, weights.shape), 1
             )
         out["effect"].append(effects["catt"])
         out["overall"].append(att_from_catt(effects["catt"], group_weight))
@@ -346,10 +362,25 @@ def _per_draw(
             "has extreme propensities — check overlap and the prior scales"
         )
     result = {key: np.concatenate(parts) for key, parts in out.items() if parts}
-    result["mean_weight"] = (weight_total / n_draws)[cells.of_unit]
+    # Unit weights are analysis weights, as in MAP mode: base weight times balancing weight.
+    result["mean_weight"] = (weight_total / n_draws)[cells.of_unit] * base
     result["weight_draws"] = result.pop("weights", None)
+    if result["weight_draws"] is not None:
+        result["weight_draws"] = result["weight_draws"] * base
     result["bootstrap_draws"] = result.pop("bootstrap", None)
     return result
+
+
+def _base_weight_attrs(design: Design) -> dict[str, str]:
+    if design.base_weights is None:
+        return {}
+    return {
+        "base_weights": design.roles.weights or "",
+        "likelihood": (
+            "pseudo-likelihood: each unit's Bernoulli log-likelihood times its base weight, so "
+            "the posterior is a pseudo-posterior (its spread is not a sampling distribution)"
+        ),
+    }
 
 
 def _warn_inestimable(design: Design, estimand: str) -> None:
@@ -357,14 +388,18 @@ def _warn_inestimable(design: Design, estimand: str) -> None:
     n_treated = design.treated_per_group
     n_control = design.units_per_group - n_treated
     labels = design.groups.tolist()
-    if estimand == "att":
+    if estimand in ("att", "atc"):
+        target, other = ("treated", "control") if estimand == "att" else ("control", "treated")
+        if estimand == "atc":
+            n_treated, n_control = n_control, n_treated
         missing = np.flatnonzero((n_treated > 0) & (n_control == 0))
         if len(missing):
             left_out = int(n_treated[missing].sum())
+            group_name, overall_name = (name.upper() for name in EFFECT_NAMES[estimand])
             warn(
-                f"group(s) {', '.join(repr(labels[j]) for j in missing)} have no control "
-                f"units: their CATT is NaN and their {left_out} treated unit(s) are excluded "
-                f"from the ATT"
+                f"group(s) {', '.join(repr(labels[j]) for j in missing)} have no {other} "
+                f"units: their {group_name} is NaN and their {left_out} {target} unit(s) are "
+                f"excluded from the {overall_name}"
             )
         return
     missing = np.flatnonzero((n_treated == 0) | (n_control == 0))

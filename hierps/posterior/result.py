@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 __all__ = ["ESTIMANDS", "UNCERTAINTIES", "PosteriorResult"]
 
 UNCERTAINTIES = ("bayesian_bootstrap", "propensity")
-ESTIMANDS = ("att", "ate")
+ESTIMANDS = ("att", "atc", "ate")
+#: Names of the group and overall effect of each estimand.
+EFFECT_NAMES = {"att": ("catt", "att"), "atc": ("catc", "atc"), "ate": ("cate", "ate")}
 
 
 class PosteriorResult:
@@ -28,14 +30,15 @@ class PosteriorResult:
         The design that was sampled.
     idata
         ``xarray.DataTree``: the sampler's groups plus ``estimands`` (with ATT:
-        ``catt`` (chain, draw, group), ``att`` (chain, draw); with ATE: ``cate``, ``ate``;
+        ``catt`` (chain, draw, group), ``att`` (chain, draw); with ATC: ``catc``, ``atc``;
+        with ATE: ``cate``, ``ate``;
         and ``treated_weight``, ``control_weight`` (chain, draw, group), the weight sums of
         each arm) and ``weights`` (``weight`` (obs): posterior-mean weight of each unit;
         ``weight_draws`` / ``bootstrap_weight`` (chain, draw, obs) with
         ``store_weights=True``). Write it with ``idata.to_netcdf(path)``; read it back with
         ``xarray.open_datatree(path)`` and :func:`from_idata`.
     estimand
-        ``"att"`` or ``"ate"``.
+        ``"att"``, ``"atc"`` or ``"ate"``.
     uncertainty
         ``"bayesian_bootstrap"`` or ``"propensity"``.
     problems
@@ -82,7 +85,7 @@ class PosteriorResult:
         return self.idata["estimands"].to_dataset()
 
     def _names(self, requested: str) -> tuple[str, str]:
-        names = ("catt", "att") if self.estimand == "att" else ("cate", "ate")
+        names = EFFECT_NAMES[self.estimand]
         if requested != self.estimand:
             raise ValueError(
                 f"this result estimated the {self.estimand.upper()}: use .{names[0]} and "
@@ -91,7 +94,7 @@ class PosteriorResult:
         return names
 
     def _group_table(self) -> pd.DataFrame:
-        name = "catt" if self.estimand == "att" else "cate"
+        name = EFFECT_NAMES[self.estimand][0]
         table = summarize_draws(self._estimands()[name])
         table.index = self.design.groups
         # The point estimate under the name MAP results use (here the posterior mean).
@@ -102,7 +105,7 @@ class PosteriorResult:
         return table
 
     def _overall_table(self) -> pd.DataFrame:
-        name = "att" if self.estimand == "att" else "ate"
+        name = EFFECT_NAMES[self.estimand][1]
         table = summarize_draws(self._estimands()[name]).set_axis([name])
         table.insert(0, "estimate", table["mean"])
         return table
@@ -120,6 +123,29 @@ class PosteriorResult:
     def att(self) -> pd.DataFrame:
         """The ATT as a one-row table with the columns of :attr:`catt` (without counts)."""
         self._names("att")
+        return self._overall_table()
+
+    @property
+    def group_effects(self) -> pd.DataFrame:
+        """The group effects of the estimand the result holds (CATT, CATC or CATE)."""
+        return self._group_table()
+
+    @property
+    def overall_effect(self) -> pd.DataFrame:
+        """The overall effect of the estimand the result holds, as a one-row table."""
+        return self._overall_table()
+
+    @property
+    def catc(self) -> pd.DataFrame:
+        """Group effects on the controls (with ``estimand="atc"``); the columns of
+        :attr:`catt`."""
+        self._names("atc")
+        return self._group_table()
+
+    @property
+    def atc(self) -> pd.DataFrame:
+        """The ATC (with ``estimand="atc"``) as a one-row table."""
+        self._names("atc")
         return self._overall_table()
 
     @property

@@ -71,7 +71,11 @@ def sample(
         ``exp(η)``; the variables are named ``catt`` and ``att``. ``"ate"``: both arms are
         reweighted to the whole sample (treated ``1/π``, controls ``1/(1 − π)``), giving group
         CATEs and the ATE (groups weighted by their size); the variables are named ``cate``
-        and ``ate``.
+        and ``ate``. ``"atc"``: the treated are reweighted to the controls (``exp(−η)``,
+        controls 1), giving group CATCs and the ATC (groups weighted by their controls);
+        ``catc`` and ``atc``. With base weights in the model the likelihood is weighted (a
+        pseudo-posterior, recorded in the attributes) and the Bayesian bootstrap multiplies
+        the base weights.
     target_accept
         NUTS target acceptance rate; raise it (e.g. 0.95) when there are divergences.
     store_weights

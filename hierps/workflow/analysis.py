@@ -55,6 +55,7 @@ def build_model(spec: ModelSpec, frame: pd.DataFrame) -> Model:
         group_covariates=tuple(data.group_covariates),
         categorical=tuple(data.categorical),
         varying_slopes=None if data.varying_slopes is None else tuple(data.varying_slopes),
+        weights=data.weights,
     )
     return Model.from_roles(frame, roles, standardize=data.standardize)
 
@@ -101,7 +102,10 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
 
     report("fitting MAP balancing weights")
     start = time.perf_counter()
-    map_fit = model.fit_map(**spec.map_hyperparameters(), max_iterations=spec.map.max_iterations)
+    estimand = spec.output.estimand
+    map_fit = model.fit_map(
+        **spec.map_hyperparameters(), max_iterations=spec.map.max_iterations, estimand=estimand
+    )
     timings["map"] = time.perf_counter() - start
 
     path_table = None
@@ -109,7 +113,16 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
         report("tracing the pooling path")
         start = time.perf_counter()
         fixed = {k: v for k, v in spec.map_hyperparameters().items() if k != "sigma_beta"}
-        path_table = pooling_path(model, sigma_beta=spec.map.pooling_path, **fixed)
+        # The path is traced at the scales the MAP fit used, with its "auto" values marked.
+        if fixed.get("sigma_alpha") == "auto":
+            fixed["sigma_alpha"] = map_fit.hyperparameters.sigma_alpha
+        path_table = pooling_path(
+            model,
+            sigma_beta=spec.map.pooling_path,
+            auto=spec.map.sigma_beta == "auto",
+            estimand=estimand,
+            **fixed,
+        )
         timings["pooling_path"] = time.perf_counter() - start
 
     constraint_fit = None
@@ -134,12 +147,13 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
             random_seed=settings.random_seed,
             sampler=settings.sampler,
             uncertainty=settings.uncertainty,
+            estimand=estimand,
             **fixed,
         )
         timings["posterior"] = time.perf_counter() - start
 
     pooled = None
-    if posterior is not None and spec.pooling is not None:
+    if posterior is not None and spec.pooling is not None and estimand == "att":
         from hierps.effects.catt_pooling import pool_catt
 
         report("pooling the CATTs")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from hierps.balance.table import balance_table
+from hierps.calibrated.fit import EFFECT_NAMES
 from hierps.mcmc.diagnosis import diagnose
 from hierps.workflow.analysis import AnalysisResult, write_tree
 from hierps.workflow.report_checks import check_sections
@@ -88,9 +89,9 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
 
     has_outcome = result.model.design.outcome is not None
     if has_outcome:
-        catt = fit.catt.add_prefix("map_")
+        catt = fit.group_effects.add_prefix("map_")
         if result.posterior is not None:
-            catt = catt.join(result.posterior.catt.add_prefix("posterior_"))
+            catt = catt.join(result.posterior.group_effects.add_prefix("posterior_"))
         if result.pooled is not None:
             catt = catt.join(
                 result.pooled.catt[["mean", "sd", "lower", "upper"]].add_prefix("pooled_")
@@ -144,14 +145,29 @@ def _report_text(
         f"{result.timings.get('map', float('nan')) * 1e3:.0f} ms.",
         "",
     ]
+    if fit.selection is not None:
+        chosen = ", ".join(f"{k} = {v:.3g}" for k, v in fit.selection.scales.items())
+        bound = (
+            f" ({', '.join(fit.selection.at_bound)} at the end of the searched range)"
+            if fit.selection.at_bound
+            else ""
+        )
+        lines += [f"Chosen from the data ({fit.selection.method}): {chosen}{bound}.", ""]
+    if design.base_weights is not None:
+        lines += [
+            f"Base weights: column `{design.roles.weights}` (balance targets, effects and "
+            f"ESS are of the weighted population; the posterior is a pseudo-posterior).",
+            "",
+        ]
     if design.outcome is not None:
-        lines += [f"**ATT (MAP weights): {fit.att:.4f}**", ""]
+        name = EFFECT_NAMES[fit.estimand][1].upper()
+        lines += [f"**{name} (MAP weights): {fit.overall_effect:.4f}**", ""]
     overall = balance.global_.set_index("covariate")[["smd_before", "smd_after"]]
     lines += [
         f"### Balance (threshold |SMD| ≤ {balance.threshold})",
         "",
         f"{balance.n_imbalanced} of {len(overall)} covariates exceed the threshold globally "
-        f"after weighting. Kish ESS of all control weights: {fit.ess:.1f}.",
+        f"after weighting. Kish ESS of the weights of all reweighted units: {fit.ess:.1f}.",
         "",
         markdown_table(overall),
         "",
@@ -181,7 +197,7 @@ def _report_text(
         ]
     if result.posterior is not None:
         posterior = result.posterior
-        att = posterior.att
+        att = posterior.overall_effect
         lines += [
             "## Posterior (NUTS)",
             "",
@@ -208,7 +224,8 @@ def _report_text(
             "",
         ]
     elif design.outcome is not None:
-        lines += ["## CATT by group (MAP)", "", markdown_table(fit.catt), ""]
+        group_name = EFFECT_NAMES[fit.estimand][0].upper()
+        lines += [f"## {group_name} by group (MAP)", "", markdown_table(fit.group_effects), ""]
     if result.pooled is not None:
         lines += [
             "## Pooled CATTs and moderators",
@@ -219,7 +236,7 @@ def _report_text(
             markdown_table(result.pooled.moderators),
             "",
         ]
-    if result.truth is not None and design.outcome is not None:
+    if result.truth is not None and design.outcome is not None and fit.estimand == "att":
         truth = result.truth
         errors = fit.catt["estimate"] - truth.catt.reindex(fit.catt.index)
         lines += [

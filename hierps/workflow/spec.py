@@ -73,6 +73,7 @@ class DataSpec(_Strict):
     categorical: list[str] = []
     varying_slopes: list[str] | None = None
     standardize: Literal["treated", "pooled", "none"] = "treated"
+    weights: str | None = None
     cut: dict[str, Cut] = {}
     interact: dict[str, list[str]] = {}
 
@@ -101,8 +102,8 @@ class BalanceSpec(_Strict):
 class MapSpec(_Strict):
     """MAP (calibrated-loss) hyperparameters and the pooling path."""
 
-    sigma_alpha: PositiveFloat | None = None
-    sigma_beta: PositiveFloat | list[PositiveFloat] | None = None
+    sigma_alpha: PositiveFloat | Literal["auto"] | None = None
+    sigma_beta: PositiveFloat | list[PositiveFloat] | Literal["auto"] | None = None
     sigma_mu_beta: PositiveFloat | None = None
     sigma_gamma: PositiveFloat | None = None
     sigma_intercept: PositiveFloat | None = None
@@ -149,7 +150,9 @@ PlotName = Literal[
 class OutputSpec(_Strict):
     """What to estimate and draw."""
 
-    estimands: list[Literal["att", "ate"]] = ["att"]
+    estimands: list[Literal["att", "atc", "ate"]] = ["att"]
+    #: The estimand of the MAP weights and of the posterior effects.
+    estimand: Literal["att", "atc", "ate"] = "att"
     plots: list[PlotName] = Field(default_factory=lambda: list(get_args(PlotName)))
     balance_threshold: PositiveFloat = 0.1
 

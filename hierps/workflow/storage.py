@@ -11,7 +11,7 @@ import pandas as pd
 import xarray as xr
 
 from hierps._version import __version__
-from hierps.calibrated.fit import MapResult
+from hierps.calibrated.fit import EFFECT_NAMES, MapResult
 
 __all__ = ["SavedAnalysis", "load", "map_dataset", "save"]
 
@@ -33,10 +33,11 @@ def map_dataset(fit: MapResult) -> xr.Dataset:
         "group": np.asarray(design.groups),
     }
     if design.outcome is not None:
-        catt = fit.catt
+        group_name, overall_name = EFFECT_NAMES[fit.estimand]
+        catt = fit.group_effects
         for column in catt.columns:
-            data[f"catt_{column}"] = (("group",), catt[column].to_numpy())
-        data["att"] = ((), fit.att)
+            data[f"{group_name}_{column}"] = (("group",), catt[column].to_numpy())
+        data[overall_name] = ((), fit.overall_effect)
     dataset = xr.Dataset(data, coords=coords)
     coefficients = fit.coefficients.drop_vars("group").assign_coords(group=coords["group"])
     dataset = dataset.merge(coefficients.rename({name: f"coef_{name}" for name in coefficients}))
@@ -53,7 +54,12 @@ def map_dataset(fit: MapResult) -> xr.Dataset:
         "group_column": design.roles.group,
         "treatment_column": design.roles.treatment,
         "outcome_column": design.roles.outcome or "",
+        "estimand": fit.estimand,
+        "weights_column": design.roles.weights or "",
     }
+    if fit.selection is not None:
+        dataset.attrs["scale_selection"] = fit.selection.method
+        dataset.attrs["log_marginal_likelihood"] = fit.selection.log_marginal_likelihood
     return dataset
 
 
