@@ -267,8 +267,8 @@ overall (max |SMD| {matched[overall]:.3f} against {sel[1][overall]:.3f}) and in 
 (mean |SMD| {matched["mean abs SMD, within strata"]:.3f} against
 {sel[1]["mean abs SMD, within strata"]:.3f}).
 
-Every method built on the stratified constraints puts the effect between {low:.2f} and
-{high:.2f} µmol/L (selections {sel[1][att]:.2f} and {sel[2][att]:.2f}; weights {prior[att]:.2f},
+Every method that targets the strata puts the effect between {low:.2f} and {high:.2f} µmol/L
+(selections {sel[1][att]:.2f} and {sel[2][att]:.2f}; weights {prior[att]:.2f},
 {matched[att]:.2f} and {hier[att]:.2f}), well below the unadjusted difference of
 {row["unweighted"][att]:.2f}; the logistic IPW, which ignores the strata, gives
 {ipw[att]:.2f}. These are point estimates; `hierps fit
