@@ -95,3 +95,22 @@ def test_bad_input():
         constraint_weights(constraints, frame["z"], scale=-1)
     with pytest.raises(hierps.DataError, match="controls"):
         constraint_weights(constraints, pd.Series(np.ones(len(frame))))
+
+
+def test_more_than_two_groups_is_refused_and_two_of_them_work():
+    rng = np.random.default_rng(45)
+    frame = pd.DataFrame({"x": rng.normal(size=90), "z": np.repeat([0, 1, 2], 30)})
+    frame.loc[frame["z"] == 1, "x"] += 0.5
+    constraints = hierps.generate_constraints(["x ~ 1"], frame["z"], frame[["x"]])
+    # Pooling groups 0 and 2 as controls would balance their mixture, not either group.
+    with pytest.raises(hierps.DataError, match=r"z has 3 treatment groups \(\[0, 1, 2\]\)"):
+        constraint_weights(constraints, frame["z"])
+    with pytest.raises(hierps.DataError, match="z has 1 missing values"):
+        constraint_weights(constraints, frame["z"].where(frame.index != 3))
+    rows = frame["z"].isin([0, 1]).to_numpy()
+    pair = Constraints(constraints.X[rows], constraints.importances)
+    fit = constraint_weights(pair, frame["z"][rows], scale=100.0)
+    control = frame[rows & (frame["z"] == 0).to_numpy()]
+    weighted = np.average(control["x"], weights=fit.weights[control.index])
+    assert weighted == pytest.approx(frame.loc[frame["z"] == 1, "x"].mean(), abs=0.02)
+    assert abs(control["x"].mean() - weighted) > 0.2

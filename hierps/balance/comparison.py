@@ -5,7 +5,8 @@ assesses every weighting with :func:`~hierps.balance.table.balance_table` and st
 tables with a ``weighting`` column, in the order given: one table (and, with
 :func:`hierps.plots.plot_love`, one figure) for the question "which weights balance best?".
 :func:`weights_result` turns any vector of weights (a plain logistic IPW, weights from another
-package) into something the balance table accepts.
+package, a control selection of :func:`hierps.optimize_controls` as 0/1 weights) into
+something the balance table accepts.
 """
 
 from __future__ import annotations
@@ -86,6 +87,17 @@ def weights_result(source: Any, weights: Any, label: str = "user weights") -> We
         Series indexed like the data frame the model was built from (aligned on the index).
         For the ATT the treated weights are ignored; ``p / (1 − p)`` for the controls is the
         usual inverse-probability weight.
+
+        Or a control selection, :class:`~hierps.natstrat.optimize.OptimizeControlsResult`:
+        its :attr:`~hierps.natstrat.optimize.OptimizeControlsResult.weights` (1 selected, 0
+        not) on the design's units, which must all be among the selection's units (units of
+        the selection outside the design are ignored) and whose treated units must all be
+        selected (the design's treated are the selection's ``treated`` group). With more than
+        two treatment groups the view compares the design's treated with the selected units
+        of whichever groups the design holds as controls: build the model on the units of
+        ``treated`` and one other group to compare that pair (natstrat's pairwise ``eps``),
+        or on all units with treatment ``z == treated`` to compare the treated with the
+        selected units of every other group pooled.
     label
         The name balance tables and figures give these weights.
 
@@ -96,6 +108,11 @@ def weights_result(source: Any, weights: Any, label: str = "user weights") -> We
         :func:`hierps.plots.plot_love`.
     """
     design = _design_of(source, "source")
+    # Imported here: a selection is the only natstrat object balance reads.
+    from hierps.natstrat.optimize import OptimizeControlsResult
+
+    if isinstance(weights, OptimizeControlsResult):
+        weights = _selection_weights(weights, design)
     if isinstance(weights, pd.Series):
         if weights.index.has_duplicates or not weights.index.isin(design.index).all():
             raise ValueError("weights: a Series must be indexed by the design's units, once each")
@@ -119,6 +136,28 @@ def weights_result(source: Any, weights: Any, label: str = "user weights") -> We
     if not isinstance(label, str) or not label:
         raise ValueError(f"label must be a non-empty string, not {label!r}")
     return WeightsResult(design, pd.Series(values, index=design.index, name="weight"), label)
+
+
+def _selection_weights(selection: Any, design: Design) -> pd.Series:
+    """A selection's 0/1 weights on the design's units, checked against its treated units."""
+    weights = selection.weights
+    if weights.index.has_duplicates:
+        raise ValueError("weights: the selection's units must be labelled once each")
+    missing = ~design.index.isin(weights.index)
+    if missing.any():
+        raise ValueError(
+            f"weights: {int(missing.sum())} units of the design are not in the selection "
+            f"(first: {design.index[missing][0]!r})"
+        )
+    weights = weights.reindex(design.index)
+    dropped = (design.treatment == 1) & (weights.to_numpy() == 0)
+    if dropped.any():
+        raise ValueError(
+            f"weights: the selection leaves out {int(dropped.sum())} treated units of the design "
+            f"(first: {design.index[dropped][0]!r}); the design's treated must be the "
+            f"selection's treated group"
+        )
+    return weights
 
 
 @dataclass(frozen=True, eq=False)
@@ -272,7 +311,8 @@ def compare_balance(
     weightings
         Label → weighting, in the order to show: ``None`` (every unit weight 1: the balance
         before weighting), a MAP or posterior result, a :func:`weights_result`, or a pair
-        ``(model_or_design, weights)`` passed to :func:`weights_result`. All must share one
+        ``(model_or_design, weights)`` passed to :func:`weights_result` (``weights`` may be a
+        control selection from :func:`hierps.optimize_controls`). All must share one
         design (the same units, treatment and groups).
     threshold, ci_prob, squares, interactions
         As in :func:`~hierps.balance.table.balance_table`, for every weighting.

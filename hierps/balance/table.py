@@ -164,8 +164,9 @@ def balance_table(
         :func:`hierps.balance.comparison.weights_result` wraps user weights so.
 
         A **dict** of label → weighting (``None`` for the unweighted sample, a result, or a
-        ``(model, weights)`` pair) compares several weightings of one design: see
-        :func:`hierps.balance.comparison.compare_balance`, which returns a
+        ``(model, weights)`` pair, where ``weights`` may be a control selection of
+        :func:`hierps.optimize_controls`: 0/1 weights) compares several weightings of one
+        design: see :func:`hierps.balance.comparison.compare_balance`, which returns a
         :class:`~hierps.balance.comparison.BalanceComparison` (the same tables stacked with a
         ``weighting`` column).
     threshold

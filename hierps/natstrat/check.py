@@ -11,6 +11,18 @@ with an observed value.
 
 Departure from natstrat: the weights of the within-stratum average count the units of
 ``control`` (natstrat counts ``z == 0`` whatever ``control`` is).
+
+Relation to :func:`hierps.balance_table` of the selection's 0/1 weights
+(``balance_table({"selection": (model, result)})``, the model's treatment being ``treated``
+against ``control`` and its group the strata): with two groups, every treated unit selected and
+no missing values, ``|smd_before|`` and ``|smd_after|`` of its global table are ``sd_across``
+and those of its per-group table are ``sd_strata`` (same denominator: the treated SD over all
+units, ``ddof = 1``, the pooled SD where that is 0). They differ in three ways. Signs: the
+balance table's SMD is signed (treated − control). Names: a factor level is ``race[White]``
+there, ``race.White`` here. Missing values: here a missing value is left out of its means,
+there it sits at the design's centre (the observed treated mean by default) and a missingness
+indicator ``x_missing`` gets its own row; so the balance table's rows equal this function's
+on the covariates with missing values set to that centre, plus the indicators as 0/1 columns.
 """
 
 from __future__ import annotations

@@ -100,6 +100,18 @@ class OptimizeControlsResult:
     rrdetails: dict[str, Any]
     lpdetails: dict[str, Any]
 
+    @property
+    def weights(self) -> pd.Series:
+        """The main comparison's selection as unit weights, for balance tables and effects.
+
+        1 for a selected unit (every unit of the ``treated`` group and the chosen units of
+        the other groups), 0 for the rest, on the index of the input (``X``'s, else ``z``'s).
+        ``hierps.balance_table({"selection": (model, result), ...})`` reads them through
+        :func:`hierps.weights_result`, so a selection and a weighting compare in one table; a
+        Hájek mean with these weights is the plain mean of the selected units.
+        """
+        return self.selected.astype(float).rename("weight")
+
 
 @dataclass(frozen=True)
 class _Program:

@@ -87,7 +87,8 @@ def constraint_weights(
     constraints
         The result of :func:`hierps.generate_constraints` (``.X`` and ``.importances``).
     z
-        The treatment, as given to ``generate_constraints``.
+        The treatment, as given to ``generate_constraints``, with exactly two groups (for more,
+        pass the rows of ``treated`` and one other group).
     scale
         Prior variance per unit of importance: column ``c`` gets variance
         ``scale × importance_c``. Columns of importance 0 are not balanced (coefficient 0).
@@ -102,6 +103,12 @@ def constraint_weights(
     -------
     ConstraintFit
         ``.weights`` (treated 1, controls ``exp(η)``) on ``constraints.X.index``, ``.balance()``.
+
+    Raises
+    ------
+    DataError
+        If ``z`` has missing values, more than two groups, or no treated or no control units,
+        or its length differs from the constraints'.
     """
     if not isinstance(constraints, Constraints):
         raise TypeError(
@@ -114,6 +121,19 @@ def constraint_weights(
     z_values = np.asarray(z)
     if len(z_values) != len(X):
         raise DataError(f"z has {len(z_values)} entries but the constraints have {len(X)} rows")
+    missing = pd.isna(z_values)
+    if missing.any():
+        raise DataError(f"z has {int(missing.sum())} missing values")
+    levels = pd.unique(z_values)
+    if len(levels) > 2:
+        # The calibrated loss weights one control group to the treated; pooling the others
+        # would balance their mixture, not each group (natstrat's pairwise comparisons).
+        shown = sorted(levels.tolist(), key=str)
+        raise DataError(
+            f"z has {len(levels)} treatment groups ({shown[:10]}); constraint_weights needs two, "
+            f"the treated and one control group: pass the rows of two groups "
+            f"(Constraints(constraints.X[rows], constraints.importances) and z[rows])"
+        )
     treatment = (z_values == treated).astype(np.int8)
     if treatment.sum() in (0, len(treatment)):
         raise DataError(f"z needs both treated units (z == {treated!r}) and controls")
