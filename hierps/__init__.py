@@ -29,8 +29,8 @@ _LAZY = {
     "overlap": "hierps.balance.overlap",
     "distribution_balance": "hierps.balance.distribution",
     "balance_table": "hierps.balance.table",
-    "BalanceComparison": "hierps.balance.comparison",
-    "weights_result": "hierps.balance.comparison",
+    "BalanceComparison": "hierps.balance.weightings",
+    "weights_result": "hierps.balance.weightings",
     "Diagnosis": "hierps.mcmc.diagnosis",
     "diagnose": "hierps.mcmc.diagnosis",
     "OutcomeModel": "hierps.effects.outcome",
@@ -124,10 +124,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers see the real names
     from hierps import datasets, plots
-    from hierps.balance.comparison import BalanceComparison, weights_result
     from hierps.balance.distribution import distribution_balance
     from hierps.balance.overlap import overlap
     from hierps.balance.table import BalanceTable, balance_table
+    from hierps.balance.weightings import BalanceComparison, weights_result
     from hierps.calibrated.fit import MapResult, fit_map
     from hierps.calibrated.path import pooling_path
     from hierps.effects.augment import augment

@@ -15,8 +15,8 @@ import pytest
 from conftest import make_frame
 
 import hierps
-from hierps.balance.comparison import BalanceComparison, weights_result
 from hierps.balance.table import balance_table
+from hierps.balance.weightings import BalanceComparison, weights_result
 from hierps.exceptions import HierpsWarning
 from hierps.plots import plot_love
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import make_frame
 
 import hierps
-from hierps.calibrated.estimands import arms_of
+from hierps.calibrated.arms import arms_of
 from hierps.exceptions import DataError, HierpsWarning
 
 ESTIMANDS = ("att", "atc", "ate")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 import hierps
-from hierps.balance.comparison import weights_result
 from hierps.balance.table import balance_table
+from hierps.balance.weightings import weights_result
 from hierps.natstrat.check import check_balance
 from hierps.natstrat.constraints import generate_constraints
 from hierps.natstrat.optimize import optimize_controls

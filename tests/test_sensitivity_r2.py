@@ -17,7 +17,7 @@ from matplotlib.collections import PathCollection
 from scipy.optimize import brentq
 
 import hierps
-from hierps.balance.comparison import weights_result
+from hierps.balance.weightings import weights_result
 from hierps.effects.sensitivity_r2 import (
     att_weights,
     benchmark_r2,

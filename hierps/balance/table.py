@@ -37,7 +37,7 @@ from hierps.mcmc.conventions import CI_PROB, SAMPLE_DIMS
 from hierps.rendering import render_text
 
 if TYPE_CHECKING:
-    from hierps.balance.comparison import BalanceComparison
+    from hierps.balance.weightings import BalanceComparison
 
 __all__ = ["DEFAULT_THRESHOLD", "BalanceTable", "as_balance_table", "balance_table"]
 
@@ -161,13 +161,13 @@ def balance_table(
         from the posterior draws of ``alpha`` and ``beta`` (``w = exp(η)``). When neither is
         in ``idata`` there are no intervals; ``per_draw`` and the DataFrames' ``attrs`` say so.
         Any object with ``design`` and ``weights`` (one weight per unit, treated 1) works too;
-        :func:`hierps.balance.comparison.weights_result` wraps user weights so.
+        :func:`hierps.balance.weightings.weights_result` wraps user weights so.
 
         A **dict** of label → weighting (``None`` for the unweighted sample, a result, or a
         ``(model, weights)`` pair, where ``weights`` may be a control selection of
         :func:`hierps.optimize_controls`: 0/1 weights) compares several weightings of one
-        design: see :func:`hierps.balance.comparison.compare_balance`, which returns a
-        :class:`~hierps.balance.comparison.BalanceComparison` (the same tables stacked with a
+        design: see :func:`hierps.balance.weightings.compare_balance`, which returns a
+        :class:`~hierps.balance.weightings.BalanceComparison` (the same tables stacked with a
         ``weighting`` column).
     threshold
         |SMD| above which a covariate is flagged.
@@ -197,7 +197,7 @@ def balance_table(
     """
     if isinstance(result, Mapping):
         # Imported here: the comparison module builds on this one.
-        from hierps.balance.comparison import compare_balance
+        from hierps.balance.weightings import compare_balance
 
         return compare_balance(result, threshold, ci_prob, squares, interactions)
     if isinstance(threshold, bool) or not np.isscalar(threshold) or not threshold > 0:

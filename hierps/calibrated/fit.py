@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from hierps.calibrated.estimands import ESTIMANDS, Arm, arm_layout, arms_of
+from hierps.calibrated.arms import ESTIMANDS, Arm, arm_layout, arms_of
 from hierps.calibrated.newton import NewtonTrace, newton_solve
 from hierps.calibrated.problem import CalibratedProblem, _problem
 from hierps.design.build import Design
@@ -86,7 +86,7 @@ def hierarchical_problem(
     """Lay out the hierarchical model of a design for the Newton solver.
 
     ``arm`` chooses the weighted units and their target (see
-    :mod:`hierps.calibrated.estimands`); by default the ATT's controls and treated.
+    :mod:`hierps.calibrated.arms`); by default the ATT's controls and treated.
     """
     layout = arm_layout(design, arms_of("att")[0] if arm is None else arm)
     n_unit = len(design.unit_names)

@@ -12,8 +12,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from hierps.balance.comparison import BalanceComparison, compare_balance
 from hierps.balance.table import as_balance_table
+from hierps.balance.weightings import BalanceComparison, compare_balance
 from hierps.plots.style import COLORS, interval_lines, legend, new_axes, style
 
 __all__ = ["plot_love"]
@@ -33,7 +33,7 @@ def plot_love(
 
     Several weightings — a dict of label → weighting as
     :func:`~hierps.balance.table.balance_table` takes it, or its
-    :class:`~hierps.balance.comparison.BalanceComparison` — share one plot, one colour and
+    :class:`~hierps.balance.weightings.BalanceComparison` — share one plot, one colour and
     marker per weighting: filled for the global |SMD|, open for the largest within-group |SMD|.
 
     Parameters

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hierps.balance.comparison import UNWEIGHTED, compare_balance
 from hierps.balance.overlap import ALL_GROUPS, overlap
+from hierps.balance.weightings import UNWEIGHTED, compare_balance
 from hierps.effects.sensitivity import ATT_LABEL, robustness_value, sensitivity
 from hierps.effects.sensitivity_r2 import benchmark_r2, bias_contour, sensitivity_r2
 from hierps.workflow.analysis import AnalysisResult
