@@ -22,16 +22,22 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from hierps.arguments import check_integer, check_number
 from hierps.calibrated.newton import NewtonTrace, newton_solve
 from hierps.calibrated.problem import _LAYOUTS, CalibratedProblem, _problem, lay_out_controls
 from hierps.design.build import Design
 from hierps.design.hyperparameters import MapHyperparameters
 from hierps.effects.estimands import GroupSums, att_from_catt, catt_from_weights, kish_ess
-from hierps.exceptions import ConvergenceError, HierpsWarning
+from hierps.effects.inestimable import excluded_treated, warn_inestimable
+from hierps.exceptions import ArgumentError, ArgumentTypeError, ConvergenceError, HierpsWarning
 
 __all__ = ["MapResult", "fit_map", "hierarchical_problem"]
 
 EXTREME_WEIGHT_SHARE = 0.5
+# Prior precisions are held within [1e-12, 1e12] (scales 1e-6 … 1e6 on standardized
+# covariates): beyond them double precision cannot tell the penalty from its limit (complete
+# or no pooling), and the Newton blocks only lose digits or turn singular.
+PRECISION_BOUNDS = (1e-12, 1e12)
 
 
 def hierarchical_problem(design: Design, hyperparameters: MapHyperparameters) -> CalibratedProblem:
@@ -54,6 +60,8 @@ def hierarchical_problem(design: Design, hyperparameters: MapHyperparameters) ->
         ]
     )
     prior_local = np.concatenate([[h.sigma_alpha**-2], sigma_beta**-2])
+    prior_global = np.clip(prior_global, *PRECISION_BOUNDS)
+    prior_local = np.clip(prior_local, *PRECISION_BOUNDS)
     return _problem(
         layout,
         design.group_matrix,
@@ -94,11 +102,36 @@ def fit_map(
     -------
     MapResult
 
+    Raises
+    ------
+    ConvergenceError
+        The solver did not reach ``tol``; the message says which prior scale to change.
+
+    Warns
+    -----
+    HierpsWarning
+        Groups whose CATT cannot be estimated (no controls or no treated units), named in one
+        warning with the number of treated units the ATT leaves out; groups where one control
+        carries most of the weight.
+
     Notes
     -----
+    Prior scales below 1e-6 or above 1e6 act as 1e-6 and 1e6: on standardized covariates
+    these already are complete and no pooling to within double precision, and more extreme
+    values would only make the Newton blocks singular. The result reports the scales given.
+
     The solver's layout of the controls (a padded copy of their covariates) is kept with the
     design for as long as the design lives, so that refits with other prior scales skip it.
     """
+    tol = check_number("tol", tol)
+    max_iterations = check_integer("max_iterations", max_iterations)
+    if init is not None and not isinstance(init, MapResult):
+        raise ArgumentTypeError(f"init must be a MapResult or None, not {type(init).__name__}")
+    if init is not None and init.design.n_groups != design.n_groups:
+        raise ArgumentError(
+            f"init has {init.design.n_groups} groups but the design has {design.n_groups}: "
+            f"warm starts need a fit of the same design"
+        )
     given = {
         "sigma_alpha": sigma_alpha,
         "sigma_beta": sigma_beta,
@@ -111,18 +144,40 @@ def fit_map(
     )
     problem = hierarchical_problem(design, hyperparameters)
     start = (None, None) if init is None else (init._theta_global, init._theta_local)
-    trace = newton_solve(problem, *start, tol=tol, max_iterations=max_iterations)
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            trace = newton_solve(problem, *start, tol=tol, max_iterations=max_iterations)
+    except np.linalg.LinAlgError as error:
+        raise ConvergenceError(
+            f"the MAP Newton system became singular ({error}) with prior scales "
+            f"{_scales(hyperparameters)}: some groups cannot be balanced on every covariate "
+            f"(too few controls); use a smaller sigma_beta or fewer varying_slopes"
+        ) from None
     if not trace.converged:
+        if not np.isfinite(trace.max_gradient):
+            raise ConvergenceError(
+                f"the MAP weights overflowed after {trace.iterations} Newton iterations with "
+                f"prior scales {_scales(hyperparameters)}: the balance they ask for is "
+                f"infeasible in some group; use a smaller sigma_beta or sigma_alpha"
+            )
         raise ConvergenceError(
             f"the MAP Newton solver stopped after {trace.iterations} iterations with largest "
             f"gradient {trace.max_gradient:.3g} > tol={tol:g}; the data may be (nearly) "
-            f"separable for these prior scales — try smaller sigma_beta / sigma_alpha"
+            f"separable for these prior scales — try smaller sigma_beta / sigma_alpha, a "
+            f"larger tol, or more max_iterations"
         )
     if not np.all(np.isfinite(trace.control_weights)):
         raise ConvergenceError("the MAP weights overflowed; try smaller prior scales")
     result = MapResult(design, hyperparameters, problem, trace)
     result._warn_extreme_weights()
+    warn_inestimable(design, "att")
     return result
+
+
+def _scales(hyperparameters: MapHyperparameters) -> str:
+    return ", ".join(
+        f"{name}={np.asarray(value).tolist()}" for name, value in hyperparameters.as_dict().items()
+    )
 
 
 class MapResult:
@@ -222,7 +277,7 @@ class MapResult:
 
     def _compute_effects(self) -> dict[str, np.ndarray]:
         if self.design.outcome is None:
-            raise ValueError("the model has no outcome column: give outcome= to hierps.Model")
+            raise ArgumentError("the model has no outcome column: give outcome= to hierps.Model")
         if self._effects is None:
             self._effects = catt_from_weights(
                 self.design.outcome,
@@ -252,8 +307,15 @@ class MapResult:
         )
 
     @property
+    def n_excluded(self) -> int:
+        """Treated units in groups without controls: the ATT leaves them out (see the warning
+        issued by the fit)."""
+        return excluded_treated(self.design, "att")
+
+    @property
     def att(self) -> float:
-        """The overall effect on the treated: the treated-weighted mean of the group CATTs."""
+        """The overall effect on the treated: the treated-weighted mean of the estimable group
+        CATTs; :attr:`n_excluded` counts the treated units it leaves out."""
         effects = self._compute_effects()
         return float(att_from_catt(effects["catt"], effects["treated_weight"]))
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from hierps.balance.statistics import INTERCEPT
 from hierps.calibrated.fit import MapResult
-from hierps.exceptions import HierpsWarning
+from hierps.exceptions import ArgumentError, HierpsWarning
 from hierps.model import Model
 
 __all__ = ["DEFAULT_SIGMA_BETA_GRID", "pooling_path"]
@@ -51,7 +51,7 @@ def pooling_path(
     """
     grid = np.sort(np.asarray(sigma_beta, dtype=float))
     if grid.ndim != 1 or len(grid) == 0 or np.any(grid <= 0) or not np.all(np.isfinite(grid)):
-        raise ValueError(
+        raise ArgumentError(
             f"sigma_beta must be a non-empty list of positive numbers, not {sigma_beta}"
         )
     fixed = dict(

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from hierps.exceptions import ArgumentError, ArgumentTypeError
+
 if TYPE_CHECKING:
     from hierps.calibrated.fit import MapResult
     from hierps.posterior.result import PosteriorResult
@@ -40,13 +42,13 @@ def compare(map_result: MapResult, posterior_result: PosteriorResult) -> pd.Data
     from hierps.posterior.result import PosteriorResult
 
     if not isinstance(map_result, MapResult):
-        raise TypeError(f"map_result must be a MapResult, not {type(map_result).__name__}")
+        raise ArgumentTypeError(f"map_result must be a MapResult, not {type(map_result).__name__}")
     if not isinstance(posterior_result, PosteriorResult):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"posterior_result must be a PosteriorResult, not {type(posterior_result).__name__}"
         )
     if posterior_result.estimand != "att":
-        raise ValueError(
+        raise ArgumentError(
             f"the posterior estimated the {posterior_result.estimand.upper()} but MAP weights "
             f"target the ATT: sample with estimand='att'"
         )
@@ -55,7 +57,7 @@ def compare(map_result: MapResult, posterior_result: PosteriorResult) -> pd.Data
         map_design.treatment, design.treatment
     )
     if not (same_units and map_design.groups.equals(design.groups)):
-        raise ValueError(
+        raise ArgumentError(
             "the MAP fit and the posterior were computed on different data (their units, "
             "treatment or groups differ)"
         )

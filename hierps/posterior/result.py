@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import xarray as xr
 
+from hierps.exceptions import ArgumentError
 from hierps.mcmc.conventions import CI_PROB
 from hierps.mcmc.summary import summarize_draws
 
@@ -75,7 +76,7 @@ class PosteriorResult:
 
     def _estimands(self) -> xr.Dataset:
         if "estimands" not in self.idata.children:
-            raise ValueError(
+            raise ArgumentError(
                 "the model has no outcome column, so there are no effects: give outcome= to "
                 "hierps.Model (the propensity posterior and .weights need none)"
             )
@@ -84,7 +85,7 @@ class PosteriorResult:
     def _names(self, requested: str) -> tuple[str, str]:
         names = ("catt", "att") if self.estimand == "att" else ("cate", "ate")
         if requested != self.estimand:
-            raise ValueError(
+            raise ArgumentError(
                 f"this result estimated the {self.estimand.upper()}: use .{names[0]} and "
                 f".{names[1]}, or from_idata(..., estimand={requested!r})"
             )
