@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -202,6 +203,9 @@ class MapResult:
         self.objective = trace.objective
         self._theta_global = trace.theta_global
         self._theta_local = trace.theta_local
+        # Log weights of the controls (NaN on treated units), exact where exp underflows.
+        self._eta = np.full(design.n_units, np.nan)
+        self._eta[problem.order] = trace.control_eta
         weights = np.ones(design.n_units)
         weights[problem.order] = trace.control_weights
         self.weights = pd.Series(weights, index=design.index, name="weight")
@@ -264,7 +268,7 @@ class MapResult:
                 "beta_deviation": (("group", "varying_covariate"), self._theta_local[:, 1:]),
             },
             coords={
-                "group": list(d.groups),
+                "group": _label_array(d.groups),
                 "unit_covariate": list(d.unit_names),
                 "varying_covariate": list(varying),
                 "group_covariate": list(d.group_names),
@@ -343,6 +347,13 @@ class MapResult:
         """Kish effective sample size of all control weights."""
         return float(kish_ess(self.weights.to_numpy()[self.design.treatment == 0]))
 
+    def save(self, path: str | Path) -> Path:
+        """Write the result to one netCDF file, whole or not at all; :func:`hierps.load` reads
+        it back as a :class:`MapResult` (design included, so no data frame is needed)."""
+        from hierps.workflow.storage import save_result
+
+        return save_result(self, path)
+
     def balance(self) -> pd.DataFrame:
         """Covariate balance before and after weighting, globally and within each group.
 
@@ -379,6 +390,15 @@ class MapResult:
             HierpsWarning,
             stacklevel=3,
         )
+
+
+def _label_array(labels: pd.Index) -> np.ndarray:
+    """Labels as a 1-d array, also when they are tuples (xarray would read those as rows)."""
+    if isinstance(labels.dtype, np.dtype) and labels.dtype != object:
+        return labels.to_numpy()
+    array = np.empty(len(labels), dtype=object)
+    array[:] = list(labels)
+    return array
 
 
 def _short(labels: list) -> str:

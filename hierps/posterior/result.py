@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -67,6 +68,14 @@ class PosteriorResult:
             f"PosteriorResult: {effect}; {self.design.n_groups} groups; {runs}; "
             f"uncertainty {self.uncertainty}"
         )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result (sampler groups, effects, weights and the design) to one netCDF
+        file, whole or not at all; :func:`hierps.load` reads it back as a
+        :class:`PosteriorResult`."""
+        from hierps.workflow.storage import save_result
+
+        return save_result(self, path)
 
     @property
     def weights(self) -> pd.Series:
