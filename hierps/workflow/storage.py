@@ -49,8 +49,11 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # What each kind of file must hold: group -> variables.
 _REQUIRED = {
     "map": {"design": ("treatment", "group_codes", "unit_matrix"), "map": ("weight", "eta")},
-    "posterior": {"design": ("treatment", "group_codes", "unit_matrix"), "posterior": ("alpha",),
-                  "weights": ("weight",)},
+    "posterior": {
+        "design": ("treatment", "group_codes", "unit_matrix"),
+        "posterior": ("alpha",),
+        "weights": ("weight",),
+    },
     "analysis": {"map": ("weight",)},
 }
 
@@ -109,7 +112,9 @@ def _from_plain(value: object) -> object:
 
 def _labels(values: np.ndarray, encoding: str, name: object) -> pd.Index:
     if encoding == "json":
-        return pd.Index([_from_plain(json.loads(v)) for v in values], name=name, tupleize_cols=False)
+        return pd.Index(
+            [_from_plain(json.loads(v)) for v in values], name=name, tupleize_cols=False
+        )
     return pd.Index(values, name=name, tupleize_cols=False)
 
 
