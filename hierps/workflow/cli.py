@@ -99,7 +99,7 @@ def _exit_code(error: BaseException) -> tuple[int, str]:
 
 
 class _Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised like SIGINT so that the same cleanup runs."""
+    """SIGINT or SIGTERM during a command, raised so that the same cleanup runs."""
 
 
 @contextmanager
@@ -111,10 +111,12 @@ def _exit_codes(out: Path | None = None) -> Iterator[dict]:
     """
     state = {"committed": False}
 
-    def on_sigterm(signum, frame) -> None:
+    def on_signal(signum, frame) -> None:
         raise _Interrupted
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {
+        number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield state
     except KeyboardInterrupt:
@@ -137,7 +139,8 @@ def _exit_codes(out: Path | None = None) -> Iterator[dict]:
         _say(errors, label, "bold red", message)
         raise typer.Exit(code) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @contextmanager
@@ -174,10 +177,10 @@ def _staged_output(out: Path, state: dict) -> Iterator[Path]:
             os.rename(out, retired)
         os.rename(staging, out)
         state["committed"] = True
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         shutil.rmtree(retired, ignore_errors=True)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 @app.callback()
