@@ -137,8 +137,9 @@ class Model:
         ``options`` are the keyword arguments of :func:`hierps.calibrated.fit.fit_map`
         (``sigma_alpha``, ``sigma_beta``, ``sigma_mu_beta``, ``sigma_gamma``,
         ``sigma_intercept``, ``tol``, ``max_iterations``, ``init``); an unknown one raises
-        ``TypeError``.
+        :class:`~hierps.exceptions.ArgumentTypeError` (a ``TypeError``).
         """
+        _check_options("fit_map", fit_map, options)
         return fit_map(self.design, **options)
 
     def sample(
