@@ -7,7 +7,7 @@ import sys
 
 def _exit_interrupted(signum: int, frame: object) -> None:
     # Before a command starts nothing has been written: one line, exit 130, no traceback.
-    os.write(2, b"interrupted\n")
+    os.write(2, b"interrupted before the command started; nothing was written\n")
     os._exit(130)
 
 

@@ -196,7 +196,7 @@ def both_one_arm_groups(frame, roles, tmp):
             result = built.fit_map()
         named = [w for w in caught if "s001" in str(w.message) and "s004" in str(w.message)]
         assert len(named) == 1, [str(w.message) for w in caught]
-        warnings.warn(str(named[0].message), HierpsWarning)
+        warnings.warn(str(named[0].message), HierpsWarning, stacklevel=2)
         return result
 
     return frame, call

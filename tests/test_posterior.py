@@ -338,8 +338,7 @@ def test_group_without_controls_has_nan_catt_and_leaves_the_att(one_arm_fit):
     model, result, messages = one_arm_fit
     n_left_out = int((model.data["school"] == "s001").sum())
     assert any(
-        "'s001'" in m and f"the ATT excludes them — {n_left_out} of " in m
-        for m in messages
+        "'s001'" in m and f"the ATT excludes them — {n_left_out} of " in m for m in messages
     ), messages
     catt = result.catt
     assert catt.loc["s001"].drop(["n_treated", "n_control"]).isna().all()

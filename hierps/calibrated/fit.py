@@ -144,6 +144,14 @@ def fit_map(
         int(design.varying.sum()), **{k: v for k, v in given.items() if v is not None}
     )
     problem = hierarchical_problem(design, hyperparameters)
+    if init is not None and (
+        init._theta_global.shape != (problem.n_global,)
+        or init._theta_local.shape != (design.n_groups, problem.n_local)
+    ):
+        raise ArgumentError(
+            "init is a fit of another design (other covariates or varying slopes): warm "
+            "starts need a fit of the same design"
+        )
     start = (None, None) if init is None else (init._theta_global, init._theta_local)
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

@@ -238,7 +238,10 @@ def _print_results(result) -> None:
         summary = posterior.catt.loc[group] if posterior is not None else None
         true_value = float(truth.catt.loc[group]) if truth is not None else None
         row(
-            f"CATT {group} (n1={int(values['n_treated'])})", values["estimate"], summary, true_value
+            f"CATT {escape(str(group))} (n1={int(values['n_treated'])})",
+            values["estimate"],
+            summary,
+            true_value,
         )
     console.print(table)
     if truth is not None:
