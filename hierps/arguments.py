@@ -134,3 +134,14 @@ def check_columns(name: str, value: object, optional: bool = False) -> tuple | N
     for item in value:
         check_column(f"{name} entry", item)
     return tuple(value)
+
+
+def check_sampling(draws: object, tune: object, chains: object, random_seed: object) -> None:
+    """The usual arguments of a sampling call: ``draws``, ``chains`` ≥ 1, ``tune`` ≥ 0 and a
+    seed (not a ``SeedSequence``, which the samplers do not take)."""
+    check_integer("draws", draws)
+    check_integer("tune", tune, minimum=0)
+    check_integer("chains", chains)
+    if isinstance(random_seed, np.random.SeedSequence):
+        raise ArgumentTypeError("random_seed must be None, an integer or a Generator here")
+    check_seed("random_seed", random_seed)

@@ -6,6 +6,7 @@ caller's frame left as it was. Rows marked ``warns`` expect a defined result wit
 from __future__ import annotations
 
 import decimal
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 from conftest import make_frame
+from typer.testing import CliRunner
 
 import hierps
+from hierps.effects.catt_pooling import pool_catt
 from hierps.exceptions import (
     ArgumentError,
     ArgumentTypeError,
@@ -26,6 +29,7 @@ from hierps.exceptions import (
     HierpsWarning,
     ResultFileError,
 )
+from hierps.workflow.cli import app
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class Case:
     category: str
     name: str
     make: Callable
-    expect: type[BaseException] | str  # an error class, "warns" or "accepts"
+    expect: type[BaseException] | str | int  # an error class, "warns", "accepts" or an exit code
     match: str
 
 
@@ -240,6 +244,43 @@ def extreme_accepted(**hyperparameters):
 
 def ids(frame):
     return [f"student-{i:05d}" for i in range(len(frame))]
+
+
+def cli(spoil, *extra: str, covariates: str = '["x1", "x2"]', toml: str = ""):
+    """``hierps check`` (or the command in ``extra``) on the spoiled frame written as CSV."""
+
+    def make(frame, roles, tmp):
+        frame = spoil(frame)
+        frame.to_csv(tmp / "data.csv")
+        model_file = tmp / "model.toml"
+        model_file.write_text(
+            f'name = "t"\n[data]\npath = "data.csv"\ntreatment = "z"\ngroup = "school"\n'
+            f'outcome = "y"\nunit_covariates = {covariates}\ngroup_covariates = ["v1"]\n' + toml
+        )
+        arguments = [*(extra or ("check",)), str(model_file)]
+        arguments = [a.replace("{tmp}", str(tmp)) for a in arguments]
+        return frame, lambda: CliRunner().invoke(app, arguments)
+
+    return make
+
+
+def pooled(**options):
+    def make(frame, roles, tmp):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", HierpsWarning)
+            result = hierps.Model(frame, **roles).fit_map()
+        return frame, lambda: pool_catt(result, **options)
+
+    return make
+
+
+def spoil_cell(column, row, value):
+    def spoil(frame):
+        frame = frame.astype({column: object}) if isinstance(value, str) else frame
+        frame.loc[frame.index[row], column] = value
+        return frame
+
+    return spoil
 
 
 CASES = [
@@ -855,6 +896,97 @@ CASES = [
         ResultFileError,
         r"is a directory; give a file name",
     ),
+    # -- the command line: check runs fit's validation; one exit code per class --------------
+    Case(
+        "cli",
+        "check: inf in a covariate",
+        cli(spoil_cell("x1", 3, np.inf)),
+        3,
+        r"'x1' has infinite values in rows 3",
+    ),
+    Case(
+        "cli",
+        "check: 1e200 in a covariate",
+        cli(spoil_cell("x2", 5, 1e200)),
+        3,
+        r"'x2' cannot be standardized",
+    ),
+    Case(
+        "cli",
+        "check: inf outcome",
+        cli(spoil_cell("y", 2, -np.inf)),
+        3,
+        r"outcome column 'y' has infinite values in rows 2",
+    ),
+    Case(
+        "cli",
+        "check: string IDs as a covariate",
+        cli(lambda f: f.assign(student=ids(f)), covariates='["x1", "student"]'),
+        3,
+        r"'student' is text with \d+ distinct values",
+    ),
+    Case(
+        "cli",
+        "check: treatment 2",
+        cli(spoil_cell("z", 1, 2)),
+        3,
+        r"treatment column 'z' must be binary",
+    ),
+    Case(
+        "cli",
+        "check: bad hyperparameter",
+        cli(lambda f: f, toml="[map]\nsigma_beta = -1\n"),
+        2,
+        r"map.sigma_beta",
+    ),
+    Case(
+        "cli",
+        "check: text hyperparameter",
+        cli(lambda f: f, toml='[map]\nsigma_gamma = "abc"\n'),
+        2,
+        r"map.sigma_gamma",
+    ),
+    Case(
+        "cli",
+        "fit: --out is a file",
+        cli(lambda f: f, "fit", "--out", "{tmp}/data.csv"),
+        5,
+        r"is a file; give a directory",
+    ),
+    Case(
+        "cli",
+        "fit: does not converge",
+        cli(
+            lambda f: f,
+            "fit",
+            "--out",
+            "{tmp}/out",
+            toml="[map]\nmax_iterations = 1\n[posterior]\nenabled = false\n",
+        ),
+        1,
+        r"fit failed: the MAP Newton solver",
+    ),
+    Case(
+        "arguments",
+        "pool_catt draws zero",
+        pooled(draws=0),
+        ArgumentError,
+        r"draws must be at least 1, not 0",
+    ),
+    Case(
+        "arguments",
+        "pool_catt random_seed text",
+        pooled(random_seed="x"),
+        ArgumentTypeError,
+        r"random_seed must be None",
+    ),
+    Case(
+        "arguments",
+        "pooling path of text",
+        lambda f, r, t: (f, lambda: hierps.pooling_path(hierps.Model(f, **r), "abc")),
+        ArgumentTypeError,
+        r"sigma_beta must be a list of positive numbers, not 'abc'",
+    ),
 ]
 
 
@@ -864,7 +996,7 @@ def _model_of(frame, roles, **overrides):
 
 def test_the_table_covers_every_category_with_at_least_50_rows():
     categories = {case.category for case in CASES}
-    assert categories == {"values", "arguments", "groups", "files"}
+    assert categories == {"values", "arguments", "groups", "files", "cli"}
     assert len(CASES) >= 50
     assert len({case.name for case in CASES}) == len(CASES)
 
@@ -878,6 +1010,15 @@ def test_bad_input(case, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HierpsWarning)
             call()
+    elif isinstance(case.expect, int):
+        result = call()
+        assert result.exit_code == case.expect, result.output
+        assert "Traceback" not in result.output
+        # One line, or (model files) a first line followed by one line per problem.
+        lines = result.output.strip().splitlines()
+        assert lines[0].startswith(("error:", "fit failed:")), result.output
+        assert all(line.startswith("  ") for line in lines[1:]), result.output
+        assert re.search(case.match, result.output), result.output
     elif case.expect == "warns":
         with pytest.warns(HierpsWarning, match=case.match):
             call()

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from hierps.arguments import check_sampling
 from hierps.calibrated.fit import MapResult
 from hierps.design.build import Design, _close_matches, _list_labels
 from hierps.effects.estimands import GroupSums
@@ -205,6 +206,7 @@ def pool_catt(
         divergences or R-hat above 1.01.
     """
     check_sampler(sampler, SAMPLERS)
+    check_sampling(draws, tune, chains, random_seed)
     if not 0 < ci_prob < 1:
         raise ArgumentError(f"ci_prob={ci_prob!r} must be between 0 and 1")
     table, covariates = pooling_inputs(result, group_covariates)

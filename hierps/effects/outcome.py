@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from hierps.arguments import check_sampling
 from hierps.calibrated.fit import MapResult
 from hierps.design.build import Design
 from hierps.effects.estimands import GroupSums, att_from_catt, catt_from_weights
@@ -193,6 +194,7 @@ def fit_outcome_model(
     if family not in FAMILIES:
         raise ArgumentError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
     check_sampler(sampler, SAMPLERS)
+    check_sampling(draws, tune, chains, random_seed)
     user_formula = formula is not None
     if not user_formula:
         if data is not None:
