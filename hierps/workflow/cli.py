@@ -75,7 +75,7 @@ errors = Console(stderr=True, soft_wrap=True, highlight=False)  # whole lines fo
 
 def _say(console_: Console, label: str, style: str, message: str) -> None:
     """Print ``label: message`` with the message verbatim (markup escaped, one line)."""
-    console_.print(f"[{style}]{label}:[/{style}] {escape(str(message))}")
+    console_.print(f"[{style}]{label}:[/{style}] {escape(str(message))}", soft_wrap=True)
 
 
 def _exit_code(error: BaseException) -> tuple[int, str]:
