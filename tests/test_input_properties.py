@@ -37,14 +37,24 @@ def inject(frame: pd.DataFrame, column: str, rows: list[int], value: object) -> 
 
 
 def retype(frame: pd.DataFrame, column: str, dtype: str) -> pd.DataFrame:
-    frame = frame.copy()
+    """``frame`` with ``column`` converted to ``dtype``; unchanged where pandas cannot convert
+    what earlier steps left (that is the generator's limit, not hierps')."""
+    try:
+        return _retype(frame.copy(), column, dtype)
+    except (TypeError, ValueError, OverflowError):
+        return frame
+
+
+def _retype(frame: pd.DataFrame, column: str, dtype: str) -> pd.DataFrame:
     series = frame[column]
     if dtype == "datetime":
         frame[column] = pd.Timestamp("2020-01-01") + pd.to_timedelta(
             pd.to_numeric(series, errors="coerce").fillna(0).round(), "D"
         )
     elif dtype == "Int64":
-        frame[column] = pd.to_numeric(series, errors="coerce").round().astype("Int64")
+        numeric = pd.to_numeric(series, errors="coerce").astype(float)
+        numeric = numeric.where(np.isfinite(numeric) & (numeric.abs() < 1e15))
+        frame[column] = numeric.round().astype("Int64")
     elif dtype == "bool":
         frame[column] = pd.to_numeric(series, errors="coerce").fillna(0) > 0
     elif dtype == "complex":
@@ -71,7 +81,11 @@ def messy_frames(draw):
         elif kind == "duplicate":
             duplicates.append(column)  # last: later steps address columns by name
         else:
-            group = draw(st.sampled_from(sorted(frame["school"].dropna().astype(str).unique())))
+            labels = sorted(frame["school"].dropna().astype(str).unique())
+            if not labels:
+                continue
+            group = draw(st.sampled_from(labels))
+            frame["z"] = frame["z"].astype(object)  # any dtype the earlier steps left
             frame.loc[frame["school"].astype(str) == group, "z"] = draw(st.sampled_from([0, 1]))
     if duplicates:
         frame = pd.concat([frame, frame[duplicates]], axis=1)

@@ -302,7 +302,7 @@ def test_arguments_are_checked_before_sampling(model):
         model.sample(estimand="atc")
     with pytest.raises(ValueError, match="calibrated loss targets the ATT"):
         model.sample(loss="calibrated", estimand="ate")
-    with pytest.raises(TypeError, match="unknown hyperparameter 'sigma_betta'"):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'sigma_betta'"):
         model.sample(sigma_betta=1.0)
     with pytest.raises(ValueError, match="target_accept"):
         model.sample(target_accept=1.5)
