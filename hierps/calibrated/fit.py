@@ -35,10 +35,11 @@ from hierps.exceptions import ArgumentError, ArgumentTypeError, ConvergenceError
 __all__ = ["MapResult", "fit_map", "hierarchical_problem"]
 
 EXTREME_WEIGHT_SHARE = 0.5
-# Prior precisions are held within [1e-12, 1e12] (scales 1e-6 … 1e6 on standardized
-# covariates): beyond them double precision cannot tell the penalty from its limit (complete
-# or no pooling), and the Newton blocks only lose digits or turn singular.
-PRECISION_BOUNDS = (1e-12, 1e12)
+# Prior precisions are held within [1e-8, 1e12] (scales 1e-6 … 1e4 on standardized
+# covariates): beyond them the balance a scale buys differs from its limit (complete or no
+# pooling) by about the solver's tolerance, and the Newton blocks only lose digits or turn
+# singular.
+PRECISION_BOUNDS = (1e-8, 1e12)
 
 
 def hierarchical_problem(design: Design, hyperparameters: MapHyperparameters) -> CalibratedProblem:
@@ -117,8 +118,8 @@ def fit_map(
 
     Notes
     -----
-    Prior scales below 1e-6 or above 1e6 act as 1e-6 and 1e6: on standardized covariates
-    these already are complete and no pooling to within double precision, and more extreme
+    Prior scales below 1e-6 or above 1e4 act as 1e-6 and 1e4: on standardized covariates
+    these already are complete and no pooling to about the solver's tolerance, and more extreme
     values would only make the Newton blocks singular. The result reports the scales given.
 
     The solver's layout of the controls (a padded copy of their covariates) is kept with the
