@@ -83,7 +83,7 @@ def run_of(out: Path) -> float:
     return sigma
 
 
-def wait_for(process: subprocess.Popen, condition, timeout: float = 120.0) -> bool:
+def wait_for(process: subprocess.Popen, condition, timeout: float = 300.0) -> bool:
     """Poll until ``condition()`` holds (True) or the process ends (False)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -171,7 +171,9 @@ def _staged_output(out: Path, state: dict) -> Iterator[Path]:
         raise
     retired = out.parent / f".{out.name}.previous-{os.getpid()}"
     held = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    # Not on Windows: there the swap is two renames without the signals held back.
+    mask = getattr(signal, "pthread_sigmask", lambda how, signals: None)
+    mask(signal.SIG_BLOCK, held)
     try:
         if out.exists():
             os.rename(out, retired)
@@ -180,7 +182,7 @@ def _staged_output(out: Path, state: dict) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        mask(signal.SIG_UNBLOCK, held)
 
 
 @app.callback()
