@@ -25,6 +25,18 @@ class ConvergenceError(HierpsError, RuntimeError):
     """A fit did not reach its convergence criterion."""
 
 
+class ArgumentError(HierpsError, ValueError):
+    """An argument of a hierps function has a value it cannot take (out of range, unknown)."""
+
+
+class ArgumentTypeError(HierpsError, TypeError):
+    """An argument of a hierps function has the wrong type."""
+
+
+class ResultFileError(HierpsError, ValueError):
+    """A file is not a complete result written by hierps (truncated, foreign or newer)."""
+
+
 class HierpsWarning(UserWarning):
     """A problem with a defined result: the data or fit is usable but deserves a look."""
 
@@ -35,7 +47,8 @@ def warn(message: str, category: type[Warning] = HierpsWarning) -> None:
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming the argument and the valid choices unless ``value`` is one."""
-    if value not in choices:
+    """Raise :class:`ArgumentError` naming the argument and the valid choices unless ``value``
+    is one."""
+    if not isinstance(value, str) or value not in choices:
         valid = ", ".join(repr(choice) for choice in choices)
-        raise ValueError(f"{name}={value!r} is not one of {valid}")
+        raise ArgumentError(f"{name}={value!r} is not one of {valid}")

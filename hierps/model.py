@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from hierps.arguments import check_column, check_columns
 from hierps.calibrated.fit import MapResult, fit_map
 from hierps.design.build import ColumnRoles, Design, build_design
 from hierps.design.formula import roles_from_formula
-from hierps.exceptions import DataError
+from hierps.exceptions import ArgumentTypeError, DataError
 
 if TYPE_CHECKING:
     import pymc as pm
@@ -78,17 +79,13 @@ class Model:
         standardize: bool | str = True,
         weights: str | None = None,
     ) -> None:
-        for argument, value in (
-            ("unit_covariates", unit_covariates),
-            ("group_covariates", group_covariates),
-            ("categorical", categorical),
-            ("varying_slopes", varying_slopes),
-        ):
-            if isinstance(value, str):
-                raise TypeError(
-                    f"{argument} must be a list of column names, not the string "
-                    f"{value!r}; write [{value!r}]"
-                )
+        check_column("treatment", treatment)
+        check_column("group", group)
+        check_column("outcome", outcome, optional=True)
+        unit_covariates = check_columns("unit_covariates", unit_covariates)
+        group_covariates = check_columns("group_covariates", group_covariates)
+        categorical = check_columns("categorical", categorical)
+        varying_slopes = check_columns("varying_slopes", varying_slopes, optional=True)
         if not unit_covariates and not group_covariates:
             raise DataError("give at least one unit or group covariate")
         roles = ColumnRoles(
@@ -151,10 +148,12 @@ class Model:
         ``options`` are the keyword arguments of :func:`hierps.calibrated.fit.fit_map`
         (``sigma_alpha``, ``sigma_beta``, ``sigma_mu_beta``, ``sigma_gamma``,
         ``sigma_intercept``, ``estimand`` (``"att"``, ``"atc"`` or ``"ate"``), ``tol``,
-        ``max_iterations``, ``init``); an unknown one raises ``TypeError``.
+        ``max_iterations``, ``init``); an unknown one raises
+        :class:`~hierps.exceptions.ArgumentTypeError` (a ``TypeError``).
         ``sigma_alpha="auto"`` and ``sigma_beta="auto"`` estimate those scales from the data
         (empirical Bayes; see ``result.selection``).
         """
+        _check_options("fit_map", fit_map, options)
         return fit_map(self.design, **options)
 
     def sample(
@@ -180,10 +179,11 @@ class Model:
         from hierps.posterior.run import sample
 
         if outcome_model is not None and not isinstance(outcome_model, bool | str | OutcomeModel):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"outcome_model must be True, a formula string or an OutcomeModel, not "
                 f"{type(outcome_model).__name__}"
             )
+        _check_options("sample", sample, options)
         result = sample(self.design, **options)
         if outcome_model is None or outcome_model is False:
             return result
@@ -200,3 +200,22 @@ class Model:
             )
         result.augmented = augment(result, outcome_model)
         return result
+
+
+def _check_options(verb: str, function, options: dict) -> None:
+    """Refuse keyword arguments ``function`` does not take, naming the valid ones."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        from hierps.design.hyperparameters import HYPERPARAMETERS
+
+        valid = [name for name in parameters if name != "design"][:-1] + list(HYPERPARAMETERS)
+    else:
+        valid = [name for name in parameters if name != "design"]
+    unknown = [name for name in options if name not in valid]
+    if unknown:
+        raise ArgumentTypeError(
+            f"{verb}() got unknown option(s) {', '.join(map(repr, unknown))}; valid options "
+            f"are {', '.join(valid)}"
+        )

@@ -20,6 +20,7 @@ import pytensor.tensor as pt
 
 from hierps.design.build import Design
 from hierps.design.hyperparameters import FIXED_SCALE_DEFAULTS, HYPERPRIOR_SCALES, check_fixed
+from hierps.exceptions import ArgumentError
 
 __all__ = ["LOSSES", "Patterns", "build_pymc", "compress", "coords_of", "pattern_data"]
 
@@ -178,7 +179,7 @@ def build_pymc(design: Design, loss: str = "bernoulli", **fixed: float) -> pm.Mo
     pymc.Model
     """
     if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
+        raise ArgumentError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
     varying_index = np.flatnonzero(design.varying)
     values = check_fixed(fixed, len(varying_index))
     scales = {**FIXED_SCALE_DEFAULTS, **values}

@@ -112,9 +112,9 @@ def test_missing_data_file_exits_2(tmp_path):
     assert "absent.csv" in done.stderr and "does not exist" in done.stderr
 
 
-def test_unknown_column_exits_2_with_suggestion(tmp_path):
+def test_unknown_column_exits_3_with_suggestion(tmp_path):
     done = hierps_command("check", str(write(tmp_path, SMALL.replace('"x2"]', '"x22"]'))))
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert "'x22'" in done.stderr and "did you mean" in done.stderr
 
 

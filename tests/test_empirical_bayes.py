@@ -118,7 +118,7 @@ def test_auto_fit_reports_the_chosen_scales_and_is_the_fixed_fit_there():
         assert nearby <= best + 1e-3
     with pytest.raises(ValueError, match="sigma_gamma='auto'"):
         model.fit_map(sigma_gamma="auto")
-    with pytest.raises(ValueError, match="sigma_beta='guess'"):
+    with pytest.raises(TypeError, match=r"sigma_beta must be a positive number \(or 'auto'"):
         model.fit_map(sigma_beta="guess")
 
 

@@ -310,7 +310,7 @@ def test_arguments_are_checked_before_sampling(model):
         model.sample(estimand="atx")
     with pytest.raises(ValueError, match="calibrated loss targets the ATT"):
         model.sample(loss="calibrated", estimand="ate")
-    with pytest.raises(TypeError, match="unknown hyperparameter 'sigma_betta'"):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'sigma_betta'"):
         model.sample(sigma_betta=1.0)
     with pytest.raises(ValueError, match="target_accept"):
         model.sample(target_accept=1.5)
@@ -333,8 +333,7 @@ def one_arm_fit():
     """A study whose group s001 has treated units only."""
     frame, roles = make_frame(seed=32, sizes=(15, 30), n_groups=4, n_unit=2, n_group=0)
     frame.loc[frame["school"] == "s001", "z"] = 1
-    with pytest.warns(HierpsWarning, match="s001"):
-        model = hierps.Model(frame, **roles)
+    model = hierps.Model(frame, **roles)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = model.sample(
@@ -348,8 +347,7 @@ def test_group_without_controls_has_nan_catt_and_leaves_the_att(one_arm_fit):
     model, result, messages = one_arm_fit
     n_left_out = int((model.data["school"] == "s001").sum())
     assert any(
-        "'s001'" in m and f"their {n_left_out} treated unit(s) are excluded from the ATT" in m
-        for m in messages
+        "'s001'" in m and f"the ATT excludes them — {n_left_out} of " in m for m in messages
     ), messages
     catt = result.catt
     assert catt.loc["s001"].drop(["n_treated", "n_control"]).isna().all()
@@ -369,7 +367,7 @@ def test_group_without_controls_has_nan_catt_and_leaves_the_att(one_arm_fit):
 def test_group_without_controls_is_left_out_of_the_ate_with_a_count(one_arm_fit):
     model, result, _ = one_arm_fit
     n_units = int((model.data["school"] == "s001").sum())
-    with pytest.warns(HierpsWarning, match=rf"'s001'.*their {n_units} unit\(s\) are excluded"):
+    with pytest.warns(HierpsWarning, match=rf"'s001'.*excludes them — {n_units} of \d+ unit\(s\)"):
         ate = from_idata(model.design, result.idata, uncertainty="propensity", estimand="ate")
     assert np.isnan(ate.cate.loc["s001", "mean"]) and np.isfinite(ate.ate.loc["ate", "mean"])
 

@@ -33,6 +33,7 @@ from hierps.balance.statistics import (
 from hierps.balance.terms import expanded_design
 from hierps.design.build import Design
 from hierps.effects.estimands import kish_ess
+from hierps.exceptions import ArgumentError, ArgumentTypeError
 from hierps.mcmc.conventions import CI_PROB, SAMPLE_DIMS
 from hierps.rendering import render_text
 
@@ -201,14 +202,14 @@ def balance_table(
 
         return compare_balance(result, threshold, ci_prob, squares, interactions)
     if isinstance(threshold, bool) or not np.isscalar(threshold) or not threshold > 0:
-        raise ValueError(f"threshold must be a positive number, not {threshold!r}")
+        raise ArgumentError(f"threshold must be a positive number, not {threshold!r}")
     threshold = float(threshold)
     design, weights, label, draw_weights, per_draw, recorded_prob = _resolve_weights(result)
     if squares or interactions:
         design = expanded_design(design, squares=bool(squares), interactions=bool(interactions))
     draws = None if draw_weights is None else balance_draws(design, *draw_weights)
     if ci_prob is not None and not 0 < ci_prob < 1:
-        raise ValueError(f"ci_prob must lie strictly between 0 and 1, not {ci_prob!r}")
+        raise ArgumentError(f"ci_prob must lie strictly between 0 and 1, not {ci_prob!r}")
     prob = None if draws is None else float(ci_prob or recorded_prob or CI_PROB)
 
     names, values, n_unit = covariate_values(design)
@@ -310,7 +311,7 @@ def _resolve_weights(
     """
     design = getattr(result, "design", None)
     if not isinstance(design, Design):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"expected a hierps result with a .design (MapResult or PosteriorResult), not "
             f"{type(result).__name__}"
         )
@@ -318,10 +319,10 @@ def _resolve_weights(
     if idata is None:
         weights = getattr(result, "weights", None)
         if weights is None:
-            raise TypeError(f"{type(result).__name__} has no .weights to assess")
+            raise ArgumentTypeError(f"{type(result).__name__} has no .weights to assess")
         weights = np.asarray(weights, dtype=float).reshape(-1)
         if weights.shape != (design.n_units,):
-            raise ValueError(
+            raise ArgumentError(
                 f"expected one weight per unit ({design.n_units}), got {weights.shape[0]}"
             )
         label = getattr(result, "weights_label", "MAP weights")
@@ -335,7 +336,7 @@ def _resolve_weights(
     elif "weight_draws" in stored:
         weights = stored["weight_draws"].mean(SAMPLE_DIMS).to_numpy()
     else:
-        raise ValueError("the posterior result has no weights group (weights/weight)")
+        raise ArgumentError("the posterior result has no weights group (weights/weight)")
     recorded = None
     for group in ("weights", "estimands"):
         if group in children and "ci_prob" in idata[group].attrs:
@@ -374,14 +375,14 @@ def _recomputed_weights(
     """Per-draw control weights ``exp(alpha_j + x'beta_j)`` from the posterior draws."""
     alpha = posterior["alpha"].transpose(*SAMPLE_DIMS, "group").to_numpy()
     if alpha.shape[-1] != design.n_groups:
-        raise ValueError(
+        raise ArgumentError(
             f"the posterior's alpha has {alpha.shape[-1]} groups, the design {design.n_groups}"
         )
     alpha = alpha.reshape(-1, design.n_groups)
     beta = None
     if design.unit_names:
         if "beta" not in posterior:
-            raise ValueError("the posterior has no 'beta' but the design has unit covariates")
+            raise ArgumentError("the posterior has no 'beta' but the design has unit covariates")
         beta = (
             posterior["beta"]
             .sel(unit_covariate=list(design.unit_names))

@@ -17,24 +17,32 @@ from __future__ import annotations
 
 import functools
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from hierps.arguments import check_integer, check_number
 from hierps.calibrated.arms import ESTIMANDS, Arm, arm_layout, arms_of
 from hierps.calibrated.newton import NewtonTrace, newton_solve
 from hierps.calibrated.problem import CalibratedProblem, _problem
 from hierps.design.build import Design
 from hierps.design.hyperparameters import MapHyperparameters
 from hierps.effects.estimands import GroupSums, att_from_catt, catt_from_weights, kish_ess
-from hierps.exceptions import ConvergenceError, HierpsWarning, check_choice
-
-if TYPE_CHECKING:
-    from hierps.calibrated.empirical_bayes import ScaleSelection
+from hierps.effects.inestimable import excluded_treated, warn_inestimable
+from hierps.exceptions import (
+    ArgumentError,
+    ArgumentTypeError,
+    ConvergenceError,
+    HierpsWarning,
+    check_choice,
+)
 
 if TYPE_CHECKING:
     import xarray as xr
+
+    from hierps.calibrated.empirical_bayes import ScaleSelection
 
 __all__ = ["MapResult", "fit_map", "hierarchical_problem"]
 
@@ -43,6 +51,12 @@ EXTREME_WEIGHT_SHARE = 0.5
 AUTO_SCALES = ("sigma_alpha", "sigma_beta")
 #: Names of the group and overall effect of each estimand.
 EFFECT_NAMES = {"att": ("catt", "att"), "atc": ("catc", "atc"), "ate": ("cate", "ate")}
+
+# Prior precisions are held within [1e-8, 1e12] (scales 1e-6 … 1e4 on standardized
+# covariates): beyond them the balance a scale buys differs from its limit (complete or no
+# pooling) by about the solver's tolerance, and the Newton blocks only lose digits or turn
+# singular.
+PRECISION_BOUNDS = (1e-8, 1e12)
 
 
 def _relative_to_largest(
@@ -102,6 +116,8 @@ def hierarchical_problem(
         ]
     )
     prior_local = np.concatenate([[h.sigma_alpha**-2], sigma_beta**-2])
+    prior_global = np.clip(prior_global, *PRECISION_BOUNDS)
+    prior_local = np.clip(prior_local, *PRECISION_BOUNDS)
     return _problem(
         layout,
         design.group_matrix,
@@ -149,12 +165,37 @@ def fit_map(
     -------
     MapResult
 
+    Raises
+    ------
+    ConvergenceError
+        The solver did not reach ``tol``; the message says which prior scale to change.
+
+    Warns
+    -----
+    HierpsWarning
+        Groups whose CATT cannot be estimated (no controls or no treated units), named in one
+        warning with the number of treated units the ATT leaves out; groups where one control
+        carries most of the weight.
+
     Notes
     -----
+    Prior scales below 1e-6 or above 1e4 act as 1e-6 and 1e4: on standardized covariates
+    these already are complete and no pooling to about the solver's tolerance, and more extreme
+    values would only make the Newton blocks singular. The result reports the scales given.
+
     The solver's layout of the controls (a padded copy of their covariates) is kept with the
     design for as long as the design lives, so that refits with other prior scales skip it.
     """
     check_choice("estimand", estimand, ESTIMANDS)
+    tol = check_number("tol", tol)
+    max_iterations = check_integer("max_iterations", max_iterations)
+    if init is not None and not isinstance(init, MapResult):
+        raise ArgumentTypeError(f"init must be a MapResult or None, not {type(init).__name__}")
+    if init is not None and init.design.n_groups != design.n_groups:
+        raise ArgumentError(
+            f"init has {init.design.n_groups} groups but the design has {design.n_groups}: "
+            f"warm starts need a fit of the same design"
+        )
     given = {
         "sigma_alpha": sigma_alpha,
         "sigma_beta": sigma_beta,
@@ -164,14 +205,14 @@ def fit_map(
     }
     given = {k: v for k, v in given.items() if v is not None}
     selection = None
-    auto = [name for name, value in given.items() if isinstance(value, str)]
+    auto = [name for name, value in given.items() if isinstance(value, str) and value == "auto"]
     if auto:
         from hierps.calibrated.empirical_bayes import estimate_scales
 
         for name in auto:
-            if given[name] != "auto" or name not in AUTO_SCALES:
-                raise ValueError(
-                    f"{name}={given[name]!r}: only {' and '.join(AUTO_SCALES)} may be 'auto'"
+            if name not in AUTO_SCALES:
+                raise ArgumentError(
+                    f"{name}='auto': only {' and '.join(AUTO_SCALES)} may be 'auto'"
                 )
         fixed = {k: v for k, v in given.items() if k not in auto}
         selection = estimate_scales(design, auto, **fixed)
@@ -182,21 +223,52 @@ def fit_map(
         problem = hierarchical_problem(design, hyperparameters, arm)
         start = (None, None)
         if init is not None and init.estimand == estimand:
-            start = (init._solutions[index].theta_global, init._solutions[index].theta_local)
-        trace = newton_solve(problem, *start, tol=tol, max_iterations=max_iterations)
+            previous = init._solutions[index]
+            if previous.theta_global.shape != (problem.n_global,) or previous.theta_local.shape != (
+                design.n_groups,
+                problem.n_local,
+            ):
+                raise ArgumentError(
+                    "init is a fit of another design (other covariates or varying slopes): "
+                    "warm starts need a fit of the same design"
+                )
+            start = (previous.theta_global, previous.theta_local)
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                trace = newton_solve(problem, *start, tol=tol, max_iterations=max_iterations)
+        except np.linalg.LinAlgError as error:
+            raise ConvergenceError(
+                f"the MAP Newton system became singular ({error}) with prior scales "
+                f"{_scales(hyperparameters)}: some groups cannot be balanced on every covariate "
+                f"(too few units in the weighted arm); use a smaller sigma_beta or fewer "
+                f"varying_slopes"
+            ) from None
         if not trace.converged:
+            if not np.isfinite(trace.max_gradient):
+                raise ConvergenceError(
+                    f"the MAP weights overflowed after {trace.iterations} Newton iterations "
+                    f"with prior scales {_scales(hyperparameters)}: the balance they ask for is "
+                    f"infeasible in some group; use a smaller sigma_beta or sigma_alpha"
+                )
             raise ConvergenceError(
                 f"the MAP Newton solver stopped after {trace.iterations} iterations with "
                 f"largest gradient {trace.max_gradient:.3g} > tol={tol:g}; the data may be "
                 f"(nearly) separable for these prior scales — try smaller sigma_beta / "
-                f"sigma_alpha"
+                f"sigma_alpha, a larger tol, or more max_iterations"
             )
         if not np.all(np.isfinite(trace.control_weights)):
             raise ConvergenceError("the MAP weights overflowed; try smaller prior scales")
         solved.append((arm, problem, trace))
     result = MapResult(design, hyperparameters, solved, estimand=estimand, selection=selection)
     result._warn_extreme_weights()
+    warn_inestimable(design, estimand)
     return result
+
+
+def _scales(hyperparameters: MapHyperparameters) -> str:
+    return ", ".join(
+        f"{name}={np.asarray(value).tolist()}" for name, value in hyperparameters.as_dict().items()
+    )
 
 
 class MapResult:
@@ -324,7 +396,7 @@ class MapResult:
                 "beta_deviation": (("group", "varying_covariate"), theta_local[:, 1:]),
             },
             coords={
-                "group": list(d.groups),
+                "group": _label_array(d.groups),
                 "unit_covariate": list(d.unit_names),
                 "varying_covariate": list(varying),
                 "group_covariate": list(d.group_names),
@@ -339,7 +411,7 @@ class MapResult:
 
     def _compute_effects(self) -> dict[str, np.ndarray]:
         if self.design.outcome is None:
-            raise ValueError("the model has no outcome column: give outcome= to hierps.Model")
+            raise ArgumentError("the model has no outcome column: give outcome= to hierps.Model")
         if self._effects is None:
             d = self.design
             weights = self._arm_weights  # relative on reweighted arms, base weights elsewhere
@@ -418,6 +490,13 @@ class MapResult:
         return self.group_effects
 
     @property
+    def n_excluded(self) -> int:
+        """Units of the target population in groups that lack an arm (with the ATT, treated
+        units in groups without controls): the overall effect leaves them out (see the warning
+        issued by the fit)."""
+        return excluded_treated(self.design, self.estimand)
+
+    @property
     def att(self) -> float:
         """The overall effect on the treated: the treated-weighted mean of the group CATTs."""
         self._names("att")
@@ -476,6 +555,13 @@ class MapResult:
             reweighted |= self.design.treatment == arm.weighted
         return float(kish_ess(self.weights.to_numpy()[reweighted]))
 
+    def save(self, path: str | Path) -> Path:
+        """Write the result to one netCDF file, whole or not at all; :func:`hierps.load` reads
+        it back as a :class:`MapResult` (design included, so no data frame is needed)."""
+        from hierps.workflow.storage import save_result
+
+        return save_result(self, path)
+
     def balance(self) -> pd.DataFrame:
         """Covariate balance before and after weighting, globally and within each group.
 
@@ -514,6 +600,15 @@ class MapResult:
             HierpsWarning,
             stacklevel=4,
         )
+
+
+def _label_array(labels: pd.Index) -> np.ndarray:
+    """Labels as a 1-d array, also when they are tuples (xarray would read those as rows)."""
+    if isinstance(labels.dtype, np.dtype) and labels.dtype != object:
+        return labels.to_numpy()
+    array = np.empty(len(labels), dtype=object)
+    array[:] = list(labels)
+    return array
 
 
 def _short(labels: list) -> str:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from hierps.balance.statistics import INTERCEPT
 from hierps.calibrated.fit import MapResult
-from hierps.exceptions import HierpsWarning
+from hierps.exceptions import ArgumentError, ArgumentTypeError, HierpsWarning
 from hierps.model import Model
 
 __all__ = ["DEFAULT_SIGMA_BETA_GRID", "pooling_path"]
@@ -59,9 +59,18 @@ def pooling_path(
         ``att`` (``atc``, ``ate``: the overall effect, when the model has an outcome),
         ``iterations`` and, with ``auto=True``, ``auto``.
     """
+    if isinstance(sigma_beta, str | bytes) or not all(
+        isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+        for v in np.ravel(np.asarray(sigma_beta, dtype=object))
+    ):
+        raise ArgumentTypeError(
+            f"sigma_beta must be a list of positive numbers, not {sigma_beta!r}"
+        )
+    if not hasattr(model, "fit_map"):
+        raise ArgumentTypeError(f"model must be a hierps.Model, not {type(model).__name__}")
     grid = np.sort(np.asarray(sigma_beta, dtype=float))
     if grid.ndim != 1 or len(grid) == 0 or np.any(grid <= 0) or not np.all(np.isfinite(grid)):
-        raise ValueError(
+        raise ArgumentError(
             f"sigma_beta must be a non-empty list of positive numbers, not {sigma_beta}"
         )
     fixed = dict(

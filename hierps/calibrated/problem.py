@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
+from hierps.exceptions import ArgumentError
+
 if TYPE_CHECKING:
     from hierps.design.build import Design
 
@@ -175,7 +177,7 @@ def make_problem(
     CalibratedProblem
     """
     if not np.all(z_all[:, 0] == 1.0):
-        raise ValueError("the first column of z_all must be the constant 1")
+        raise ArgumentError("the first column of z_all must be the constant 1")
     treated = np.asarray(treatment) == 1
     layout = lay_out_controls(z_all[:, 1:], treated, codes, len(group_design))
     return _problem(layout, group_design, local_index, prior_global, prior_local)

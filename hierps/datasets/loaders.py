@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hierps.exceptions import DataError
+from hierps.exceptions import ArgumentError, DataError
 
 __all__ = ["load_learning_mindsets", "load_nh0506", "terms"]
 
@@ -98,7 +98,7 @@ def terms(name: str) -> str:
         The text of the terms file shipped beside the data.
     """
     if name not in _TERMS:
-        raise ValueError(f"name={name!r} is not one of {sorted(_TERMS)}")
+        raise ArgumentError(f"name={name!r} is not one of {sorted(_TERMS)}")
     return (_DATA / _TERMS[name]).read_text(encoding="utf-8")
 
 

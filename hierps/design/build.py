@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from hierps.exceptions import DataError, HierpsWarning
+from hierps.design import validation
+from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, HierpsWarning
 
 __all__ = ["ColumnRoles", "Design", "build_design"]
 
@@ -444,7 +445,7 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
     Design
     """
     if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"data must be a pandas DataFrame, not {type(frame).__name__}")
+        raise ArgumentTypeError(f"data must be a pandas DataFrame, not {type(frame).__name__}")
     method = _standardize_method(standardize)
     if len(frame) == 0:
         raise DataError("the data frame is empty")
@@ -482,6 +483,7 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
         raise DataError(
             f"categorical columns {_list_labels(sorted(undeclared))} are not among the covariates"
         )
+    _check_values(frame, roles)
 
     treatment = _validate_treatment(frame, roles.treatment)
     groups, codes = _validate_groups(frame, roles.group)
@@ -492,20 +494,9 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
         base_weights = validate_base_weights(frame, roles.weights)
     _check_constant_within_groups(frame, roles.group, roles.group_covariates)
 
-    n_treated = np.bincount(codes, weights=treatment, minlength=len(groups))
-    n_units = np.bincount(codes, minlength=len(groups))
-    only_treated = groups[(n_treated > 0) & (n_treated == n_units)]
-    if len(only_treated):
-        warnings.warn(
-            f"group(s) {_list_labels(only_treated)} of {roles.group!r} have treated units but no "
-            f"controls: their CATT cannot be estimated (NaN) and their treated units are left "
-            f"out of the ATT",
-            HierpsWarning,
-            stacklevel=3,
-        )
-
     categorical = set(roles.categorical)
     unit_encoded, unit_sources = _encode(frame, roles.unit_covariates, categorical)
+    validation.check_spread(unit_encoded, unit_sources, "unit")
     unit_scaling, dropped = _scaling(unit_encoded, treatment, method, "unit", base_weights)
     unit_encoded = unit_encoded.drop(columns=dropped)
     unit_matrix = _standardized(unit_encoded, unit_scaling)
@@ -517,6 +508,7 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
     group_encoded, group_sources = _encode(
         group_rows, roles.group_covariates, categorical, rows="groups"
     )
+    validation.check_spread(group_encoded, group_sources, "group")
     per_unit = group_encoded.iloc[codes].set_axis(frame.index)
     group_scaling, dropped_groups = _scaling(per_unit, treatment, method, "group", base_weights)
     group_encoded = group_encoded.drop(columns=dropped_groups).set_axis(groups)
@@ -560,14 +552,34 @@ def validate_base_weights(frame: pd.DataFrame, column: str) -> np.ndarray:
     return values
 
 
+def _check_values(frame: pd.DataFrame, roles: ColumnRoles) -> None:
+    """The value checks of :mod:`hierps.design.validation`, role by role."""
+    validation.check_duplicated_columns(
+        frame,
+        [
+            roles.treatment,
+            roles.group,
+            *([roles.outcome] if roles.outcome is not None else []),
+            *roles.unit_covariates,
+            *roles.group_covariates,
+        ],
+    )
+    validation.check_group_ids(frame, roles.group)
+    if roles.outcome is not None and pd.api.types.is_numeric_dtype(frame[roles.outcome]):
+        validation.check_finite(frame, roles.outcome, "outcome")
+    categorical = set(roles.categorical)
+    validation.check_covariate_values(frame, roles.unit_covariates, categorical, "unit")
+    validation.check_covariate_values(frame, roles.group_covariates, categorical, "group")
+
+
 def _standardize_method(standardize: bool | str) -> str:
     if standardize is True:
         return "treated"
     if standardize is False:
         return "none"
-    if standardize in STANDARDIZE_METHODS:
+    if isinstance(standardize, str) and standardize in STANDARDIZE_METHODS:
         return str(standardize)
-    raise ValueError(
+    raise ArgumentError(
         f"standardize={standardize!r} is not one of True, False, {', '.join(STANDARDIZE_METHODS)}"
     )
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hierps.exceptions import ArgumentError, ArgumentTypeError
+
 __all__ = ["HYPERPARAMETERS", "MapHyperparameters", "check_fixed"]
 
 #: The names users may fix, with what each scales.
@@ -29,6 +31,12 @@ FIXED_SCALE_DEFAULTS: dict[str, float] = {
 HYPERPRIOR_SCALES: dict[str, float] = {"sigma_alpha": 1.0, "sigma_beta": 1.0}
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
 def check_fixed(fixed: Mapping[str, object], n_varying: int) -> dict[str, float | np.ndarray]:
     """Validate user-fixed hyperparameters: known names, positive finite numbers.
 
@@ -38,20 +46,29 @@ def check_fixed(fixed: Mapping[str, object], n_varying: int) -> dict[str, float 
     for name, value in fixed.items():
         if name not in HYPERPARAMETERS:
             valid = ", ".join(HYPERPARAMETERS)
-            raise TypeError(f"unknown hyperparameter {name!r}; valid names are {valid}")
+            raise ArgumentTypeError(f"unknown hyperparameter {name!r}; valid names are {valid}")
         if value is None:
             continue
+        if isinstance(value, str | bytes | bool | np.bool_) or not (
+            _is_number(value) or isinstance(value, Sequence | np.ndarray)
+        ):
+            also = " (or 'auto' in MAP mode)" if name in ("sigma_alpha", "sigma_beta") else ""
+            raise ArgumentTypeError(
+                f"{name} must be a positive number{also}, not {type(value).__name__} {value!r}"
+            )
+        if not _is_number(value) and not all(_is_number(item) for item in np.ravel(value)):
+            raise ArgumentTypeError(f"{name} must hold positive numbers, not {value!r}")
         array = np.asarray(value, dtype=float)
         if name == "sigma_beta" and array.ndim == 1:
             if array.shape != (n_varying,):
-                raise ValueError(
+                raise ArgumentError(
                     f"sigma_beta has {array.shape[0]} values but the model has {n_varying} "
                     f"varying slopes"
                 )
         elif array.ndim != 0:
-            raise ValueError(f"{name} must be a number, not {value!r}")
+            raise ArgumentError(f"{name} must be a number, not {value!r}")
         if not np.all(np.isfinite(array)) or np.any(array <= 0):
-            raise ValueError(f"{name} must be positive and finite, not {value!r}")
+            raise ArgumentError(f"{name} must be positive and finite, not {value!r}")
         checked[name] = float(array) if array.ndim == 0 else array
     return checked
 

@@ -12,7 +12,7 @@ import xarray as xr
 
 from hierps.calibrated.fit import MapResult
 from hierps.effects.outcome import OutcomeModel, augment_map, augmented_effects
-from hierps.exceptions import DataError
+from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError
 
 __all__ = ["augment"]
 
@@ -54,9 +54,11 @@ def augment(result, outcome_model: OutcomeModel | xr.DataArray) -> pd.DataFrame:
     from hierps.posterior.result import PosteriorResult
 
     if not isinstance(result, PosteriorResult):
-        raise TypeError(f"expected a MapResult or PosteriorResult, not {type(result).__name__}")
+        raise ArgumentTypeError(
+            f"expected a MapResult or PosteriorResult, not {type(result).__name__}"
+        )
     if result.estimand != "att":
-        raise ValueError("augmentation is implemented for the ATT estimand")
+        raise ArgumentError("augmentation is implemented for the ATT estimand")
     design = result.design
     seed = result.idata["estimands"].attrs.get("random_seed")
     redone = from_idata(

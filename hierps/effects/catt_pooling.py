@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from hierps.arguments import check_sampling
 from hierps.calibrated.fit import MapResult
 from hierps.design.build import Design, _close_matches, _list_labels
 from hierps.effects.estimands import GroupSums
-from hierps.exceptions import DataError, HierpsWarning, warn
+from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, HierpsWarning, warn
 from hierps.mcmc.conventions import CI_PROB, check_sampler
 from hierps.mcmc.diagnosis import diagnose
 from hierps.mcmc.summary import summarize_draws
@@ -107,10 +108,10 @@ def map_standard_errors(result: MapResult) -> pd.Series:
         ``se`` by group.
     """
     if not isinstance(result, MapResult):
-        raise TypeError(f"result must be a MapResult, not {type(result).__name__}")
+        raise ArgumentTypeError(f"result must be a MapResult, not {type(result).__name__}")
     design = result.design
     if design.outcome is None:
-        raise ValueError("the model has no outcome column: give outcome= to hierps.Model")
+        raise ArgumentError("the model has no outcome column: give outcome= to hierps.Model")
     if result.estimand != "att" or design.base_weights is not None:
         return _two_arm_standard_errors(result)
     # Within-group relative weights: the formula is scale-free in each group, and they stay
@@ -244,8 +245,9 @@ def pool_catt(
         divergences or R-hat above 1.01.
     """
     check_sampler(sampler, SAMPLERS)
+    check_sampling(draws, tune, chains, random_seed)
     if not 0 < ci_prob < 1:
-        raise ValueError(f"ci_prob={ci_prob!r} must be between 0 and 1")
+        raise ArgumentError(f"ci_prob={ci_prob!r} must be between 0 and 1")
     table, covariates = pooling_inputs(result, group_covariates)
     usable = _usable_groups(table)
     if usable.sum() < 2:
@@ -287,7 +289,7 @@ def pooling_inputs(
         scale (no columns when ``group_covariates`` is ``None``).
     """
     if isinstance(group_covariates, str):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"group_covariates must be a list of names, not the string {group_covariates!r}; "
             f"write [{group_covariates!r}]"
         )
@@ -310,7 +312,7 @@ def pooling_inputs(
         catt = result.catt
         table = pd.DataFrame({"estimate": catt["mean"], "se": catt["sd"]}).astype(float)
     else:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"result must be a posterior result, a MapResult or a DataFrame with 'estimate' and "
             f"'se' by group, not {type(result).__name__}"
         )
@@ -321,7 +323,7 @@ def pooling_inputs(
     if isinstance(group_covariates, pd.DataFrame):
         return table, _covariate_frame(group_covariates, table.index)
     if design is None:
-        raise TypeError(
+        raise ArgumentTypeError(
             "with a DataFrame of estimates, give group_covariates as a DataFrame by group (there "
             "is no design to look names up in)"
         )

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from hierps.exceptions import ArgumentError, ArgumentTypeError
+
 if TYPE_CHECKING:
     from hierps.calibrated.fit import MapResult
     from hierps.posterior.result import PosteriorResult
@@ -41,14 +43,14 @@ def compare(map_result: MapResult, posterior_result: PosteriorResult) -> pd.Data
     from hierps.posterior.result import PosteriorResult
 
     if not isinstance(map_result, MapResult):
-        raise TypeError(f"map_result must be a MapResult, not {type(map_result).__name__}")
+        raise ArgumentTypeError(f"map_result must be a MapResult, not {type(map_result).__name__}")
     if not isinstance(posterior_result, PosteriorResult):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"posterior_result must be a PosteriorResult, not {type(posterior_result).__name__}"
         )
     estimand = map_result.estimand
     if posterior_result.estimand != estimand:
-        raise ValueError(
+        raise ArgumentError(
             f"the posterior estimated the {posterior_result.estimand.upper()} but the MAP "
             f"weights target the {estimand.upper()}: sample with estimand={estimand!r} or fit "
             f"the MAP with estimand={posterior_result.estimand!r}"
@@ -58,7 +60,7 @@ def compare(map_result: MapResult, posterior_result: PosteriorResult) -> pd.Data
         map_design.treatment, design.treatment
     )
     if not (same_units and map_design.groups.equals(design.groups)):
-        raise ValueError(
+        raise ArgumentError(
             "the MAP fit and the posterior were computed on different data (their units, "
             "treatment or groups differ)"
         )

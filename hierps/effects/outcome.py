@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from hierps.arguments import check_sampling
 from hierps.calibrated.fit import MapResult
 from hierps.design.build import Design
 from hierps.effects.estimands import GroupSums, att_from_catt, catt_from_weights
-from hierps.exceptions import DataError, HierpsWarning, warn
+from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, HierpsWarning, warn
 from hierps.mcmc.conventions import CI_PROB, check_sampler
 from hierps.mcmc.diagnosis import diagnose
 from hierps.mcmc.summary import summarize_draws
@@ -189,21 +190,22 @@ def fit_outcome_model(
     import bambi as bmb
 
     if design.outcome is None:
-        raise ValueError("the design has no outcome column: give outcome= to hierps.Model")
+        raise ArgumentError("the design has no outcome column: give outcome= to hierps.Model")
     if family not in FAMILIES:
-        raise ValueError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
+        raise ArgumentError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
     check_sampler(sampler, SAMPLERS)
+    check_sampling(draws, tune, chains, random_seed)
     user_formula = formula is not None
     if not user_formula:
         if data is not None:
-            raise ValueError(
+            raise ArgumentError(
                 "data= is only used with a user formula; the default model is built from the "
                 "design's encoded covariates"
             )
         formula, frame, terms, group = _default_spec(design)
     else:
         if not isinstance(formula, str):
-            raise TypeError(f"formula must be a string, not {type(formula).__name__}")
+            raise ArgumentTypeError(f"formula must be a string, not {type(formula).__name__}")
         frame = _user_frame(design, data)
         terms, group = {}, None
     controls = design.treatment == 0
@@ -303,12 +305,12 @@ def _group_labels(design: Design) -> pd.Categorical:
 
 def _user_frame(design: Design, data: pd.DataFrame | None) -> pd.DataFrame:
     if data is None:
-        raise ValueError(
+        raise ArgumentError(
             "a user formula needs data=: the original frame with the design's rows (the "
             "design holds only encoded covariates)"
         )
     if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"data must be a pandas DataFrame, not {type(data).__name__}")
+        raise ArgumentTypeError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     missing = design.index.difference(data.index)
     if len(missing):
         shown = ", ".join(repr(label) for label in list(missing)[:5])
@@ -391,7 +393,7 @@ def pair_draws(n_propensity: int, n_outcome: int) -> tuple[np.ndarray, np.ndarra
     joint; cycling only repeats draws of the shorter side.
     """
     if n_propensity < 1 or n_outcome < 1:
-        raise ValueError("both sides need at least one draw")
+        raise ArgumentError("both sides need at least one draw")
     total = max(n_propensity, n_outcome)
     draws = np.arange(total)
     return draws % n_propensity, draws % n_outcome
@@ -434,14 +436,14 @@ def augmented_effects(
         (see :func:`pair_draws`). Groups without controls (or treated) are NaN.
     """
     if design.outcome is None:
-        raise ValueError("the design has no outcome column: give outcome= to hierps.Model")
+        raise ArgumentError("the design has no outcome column: give outcome= to hierps.Model")
     weights = _as_draws(control_weights, design, "control_weights")
     m = _as_draws(predictions, design, "predictions")
     bootstrap = None
     if treated_weights is not None:
         bootstrap = _as_draws(treated_weights, design, "treated_weights")
         if len(bootstrap) > 1 and len(weights) > 1 and len(bootstrap) != len(weights):
-            raise ValueError(
+            raise ArgumentError(
                 f"treated_weights has {len(bootstrap)} draws and control_weights "
                 f"{len(weights)}: both are propensity-side draws and must pair one to one"
             )
@@ -473,12 +475,12 @@ def _as_draws(
         values = values.to_numpy(dtype=float)
     elif isinstance(values, xr.DataArray):
         if "obs" not in values.dims:
-            raise ValueError(f"{name} needs an 'obs' dim; it has dims {values.dims}")
+            raise ArgumentError(f"{name} needs an 'obs' dim; it has dims {values.dims}")
         if "chain" in values.dims and "draw" in values.dims:
             values = values.stack(_sample=("chain", "draw"))
         other = [dim for dim in values.dims if dim != "obs"]
         if len(other) > 1:
-            raise ValueError(f"{name} has more than one draw dim besides 'obs': {other}")
+            raise ArgumentError(f"{name} has more than one draw dim besides 'obs': {other}")
         if "obs" in values.coords and list(values["obs"].to_numpy()) != list(design.index):
             try:
                 values = values.sel(obs=list(design.index))
@@ -489,7 +491,7 @@ def _as_draws(
     if values.ndim == 1:
         values = values[None, :]
     if values.ndim != 2 or values.shape[1] != design.n_units:
-        raise ValueError(
+        raise ArgumentError(
             f"{name} must have shape (n,) or (draws, n) with n = {design.n_units} units; "
             f"got {values.shape}"
         )
@@ -522,7 +524,7 @@ def augment_map(
         outcome-model uncertainty only.
     """
     if not isinstance(map_result, MapResult):
-        raise TypeError(f"map_result must be a MapResult, not {type(map_result).__name__}")
+        raise ArgumentTypeError(f"map_result must be a MapResult, not {type(map_result).__name__}")
     design = map_result.design
     if isinstance(outcome_model, OutcomeModel):
         if not outcome_model.design.index.equals(design.index):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from hierps.exceptions import ArgumentError
+
 __all__ = [
     "CI_PROB",
     "ESTIMAND_VARIABLES",
@@ -61,7 +63,7 @@ def check_sampler(sampler: object, allowed: tuple[str, ...] = tuple(SAMPLERS)) -
     """
     if sampler not in allowed:
         valid = ", ".join(repr(choice) for choice in allowed)
-        raise ValueError(f"sampler={sampler!r} is not one of {valid}")
+        raise ArgumentError(f"sampler={sampler!r} is not one of {valid}")
     missing = [name for name in SAMPLERS[sampler] if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(

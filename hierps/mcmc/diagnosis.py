@@ -31,6 +31,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from hierps.exceptions import ArgumentError, ArgumentTypeError
 from hierps.mcmc.conventions import (
     ESTIMAND_VARIABLES,
     MAX_RHAT,
@@ -128,7 +129,7 @@ def idata_of(result: Any) -> xr.DataTree:
     """The ``DataTree`` of a posterior result (or the tree itself), checked to hold a posterior."""
     idata = result if isinstance(result, xr.DataTree) else getattr(result, "idata", None)
     if not isinstance(idata, xr.DataTree) or "posterior" not in idata.children:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"expected a posterior result (with an .idata DataTree holding a 'posterior' group) "
             f"or such a DataTree, not {type(result).__name__}"
         )
@@ -178,7 +179,7 @@ def diagnose(
         var_names = list(var_names)
         unknown = [name for name in var_names if name not in posterior]
         if unknown:
-            raise ValueError(
+            raise ArgumentError(
                 f"variables {unknown} are not in the posterior; it has "
                 f"{sorted(map(str, posterior.data_vars))}"
             )

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from hierps.exceptions import ArgumentError
 from hierps.mcmc.conventions import CI_PROB, SAMPLE_DIMS
 from hierps.mcmc.convergence import rhat_and_ess, tail_ess
 
@@ -39,7 +40,7 @@ def summarize_draws(
         NaN draw (a group without an estimable effect) is NaN in every column.
     """
     if not 0 < ci_prob < 1:
-        raise ValueError(f"ci_prob must lie strictly between 0 and 1, not {ci_prob}")
+        raise ArgumentError(f"ci_prob must lie strictly between 0 and 1, not {ci_prob}")
     chain, draw = sample_dims
     if chain not in draws.dims:
         draws = draws.expand_dims(chain)

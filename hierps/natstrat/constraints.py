@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from hierps.exceptions import DataError, FormulaError, HierpsWarning
+from hierps.exceptions import ArgumentError, DataError, FormulaError, HierpsWarning
 from hierps.natstrat.balance_formula import BalanceFormula, RhsTerm, parse_balance_formula
 
 __all__ = ["Constraints", "Standardized", "generate_constraints", "stand"]
@@ -194,11 +194,11 @@ def _check_options(
     denom_variance: str, weight_by_size: float, autogen_missing: float | None
 ) -> None:
     if denom_variance not in ("treated", "pooled"):
-        raise ValueError(f"denom_variance must be 'treated' or 'pooled', got {denom_variance!r}")
+        raise ArgumentError(f"denom_variance must be 'treated' or 'pooled', got {denom_variance!r}")
     if not 0.0 <= weight_by_size <= 1.0:
-        raise ValueError(f"weight_by_size must be between 0 and 1, got {weight_by_size!r}")
+        raise ArgumentError(f"weight_by_size must be between 0 and 1, got {weight_by_size!r}")
     if autogen_missing is not None and not (np.isfinite(autogen_missing) and autogen_missing >= 0):
-        raise ValueError(
+        raise ArgumentError(
             f"autogen_missing must be None or a non-negative number, got {autogen_missing!r}"
         )
 

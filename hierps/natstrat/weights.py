@@ -15,7 +15,7 @@ import pandas as pd
 from hierps.calibrated.newton import newton_solve
 from hierps.calibrated.problem import make_problem
 from hierps.effects.estimands import kish_ess
-from hierps.exceptions import ConvergenceError, DataError
+from hierps.exceptions import ArgumentError, ArgumentTypeError, ConvergenceError, DataError
 from hierps.natstrat.constraints import Constraints
 
 __all__ = ["ConstraintFit", "constraint_weights"]
@@ -111,12 +111,12 @@ def constraint_weights(
         or its length differs from the constraints'.
     """
     if not isinstance(constraints, Constraints):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"constraints must be the result of hierps.generate_constraints, not "
             f"{type(constraints).__name__}"
         )
     if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be positive and finite, not {scale!r}")
+        raise ArgumentError(f"scale must be positive and finite, not {scale!r}")
     X, importances = constraints.X, constraints.importances.reindex(constraints.X.columns)
     z_values = np.asarray(z)
     if len(z_values) != len(X):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from hierps.exceptions import ArgumentError
 from hierps.mcmc.diagnosis import idata_of
 
 __all__ = ["plot_trace"]
@@ -41,13 +42,13 @@ def plot_trace(
     posterior = idata["posterior"]
     present = [name for name in var_names if name in posterior.data_vars]
     if not present:
-        raise ValueError(
+        raise ArgumentError(
             f"none of {list(var_names)} is in the posterior (fixed scales are not sampled); "
             f"it has {sorted(map(str, posterior.data_vars))}"
         )
     plotters = {"trace": az.plot_trace_dist, "rank": az.plot_rank_dist}
     if kind not in plotters:
-        raise ValueError(f"kind={kind!r} is not one of 'trace', 'rank'")
+        raise ArgumentError(f"kind={kind!r} is not one of 'trace', 'rank'")
     collection = plotters[kind](idata, var_names=present, backend="matplotlib")
     figure = collection.viz["figure"].item()
     return figure, np.asarray(figure.axes)

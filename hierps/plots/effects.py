@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from hierps.exceptions import ArgumentError
 from hierps.plots.style import COLORS, legend, new_axes, new_axes_pair, style
 
 __all__ = ["plot_catt", "plot_map_vs_posterior"]
@@ -29,7 +30,7 @@ def _effect_tables(result: Any, map_result: Any) -> tuple[Any, pd.DataFrame | No
     if hasattr(result, "idata"):
         return result.design, _group_effects(result), map_result
     if map_result is not None:
-        raise ValueError(
+        raise ArgumentError(
             "give the posterior result first and the MAP result as map_result=, or a MAP "
             "result alone"
         )
@@ -56,7 +57,7 @@ def _by_group(frame: pd.DataFrame, groups: pd.Index, name: str) -> pd.DataFrame:
         by_text = frame.set_axis(frame.index.map(str))
         aligned = by_text.reindex(groups.map(str)).set_axis(groups)
     if aligned.isna().all().all() and len(frame):
-        raise ValueError(f"{name} has none of the design's groups in its index")
+        raise ArgumentError(f"{name} has none of the design's groups in its index")
     return aligned
 
 
@@ -101,7 +102,7 @@ def plot_catt(
     groups = design.groups
     valid = ("estimate", "group", *design.group_names)
     if sort_by not in valid:
-        raise ValueError(f"sort_by={sort_by!r} is not one of {', '.join(map(repr, valid))}")
+        raise ArgumentError(f"sort_by={sort_by!r} is not one of {', '.join(map(repr, valid))}")
     estimates = pd.DataFrame(index=groups)
     if posterior is not None:
         estimates[["mean", "lower", "upper"]] = _by_group(
@@ -112,7 +113,7 @@ def plot_catt(
     if pooled is not None:
         missing = {"mean", "lower", "upper"} - set(pooled.columns)
         if missing:
-            raise ValueError(f"pooled lacks the column(s) {sorted(missing)}")
+            raise ArgumentError(f"pooled lacks the column(s) {sorted(missing)}")
         aligned = _by_group(pooled[["mean", "lower", "upper"]], groups, "pooled")
         estimates[["pooled", "pooled_lower", "pooled_upper"]] = aligned.to_numpy()
 
@@ -216,7 +217,7 @@ def plot_map_vs_posterior(
         posterior_result.design.n_units != design.n_units
         or not posterior_result.design.groups.equals(design.groups)
     ):
-        raise ValueError("the MAP and posterior results are fits of different designs")
+        raise ArgumentError("the MAP and posterior results are fits of different designs")
     controls = design.treatment == 0
     map_weights = np.asarray(map_result.weights, dtype=float)[controls]
     post_weights = np.asarray(posterior_result.weights, dtype=float)[controls]

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from hierps.balance.table import DEFAULT_THRESHOLD, as_balance_table
 from hierps.calibrated.fit import EXTREME_WEIGHT_SHARE
+from hierps.exceptions import ArgumentError
 from hierps.plots.style import COLORS, legend, new_axes, new_axes_pair, style
 
 __all__ = ["plot_pooling_path", "plot_weights"]
@@ -51,12 +52,12 @@ def plot_pooling_path(
     """
     missing = [column for column in _PATH_COLUMNS if column not in path_table.columns]
     if missing:
-        raise ValueError(
+        raise ArgumentError(
             f"path_table lacks the column(s) {missing}; pass the table of hierps.pooling_path"
         )
     sigma = np.asarray(path_table.index, dtype=float)
     if len(sigma) == 0 or np.any(sigma <= 0):
-        raise ValueError("path_table must be indexed by positive sigma_beta values")
+        raise ArgumentError("path_table must be indexed by positive sigma_beta values")
     own_figure = ax is None
     with style():
         fig, ax = new_axes(ax, (6.4, 4.4))

@@ -14,6 +14,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from hierps.exceptions import ArgumentTypeError
+
 __all__ = ["COLORS", "STYLE", "interval_lines", "legend", "new_axes", "new_axes_pair", "style"]
 
 #: One colour per role, from the Okabe–Ito palette (readable with colour-vision deficiency).
@@ -61,7 +63,7 @@ def style() -> Iterator[None]:
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
         if not isinstance(ax, Axes):
-            raise TypeError(f"ax must be a matplotlib Axes, not {type(ax).__name__}")
+            raise ArgumentTypeError(f"ax must be a matplotlib Axes, not {type(ax).__name__}")
         return ax.figure, ax
     fig, ax = plt.subplots(figsize=figsize, layout="constrained")
     return fig, ax
@@ -73,7 +75,7 @@ def new_axes_pair(
     if axes is not None:
         axes = np.asarray(axes, dtype=object).ravel()
         if len(axes) != 2 or not all(isinstance(a, Axes) for a in axes):
-            raise TypeError("axes must be two matplotlib Axes")
+            raise ArgumentTypeError("axes must be two matplotlib Axes")
         return axes[0].figure, axes
     fig, axes = plt.subplots(1, 2, figsize=figsize, layout="constrained")
     return fig, np.asarray(axes)

@@ -19,9 +19,11 @@ import numpy as np
 import xarray as xr
 
 from hierps._version import __version__
+from hierps.arguments import check_flag, seed_sequence
 from hierps.design.build import Design
 from hierps.effects.estimands import att_from_catt, effects_from_sums
-from hierps.exceptions import check_choice, warn
+from hierps.effects.inestimable import warn_inestimable
+from hierps.exceptions import ArgumentError, ArgumentTypeError, check_choice, warn
 from hierps.mcmc.conventions import CI_PROB
 from hierps.posterior.result import EFFECT_NAMES, ESTIMANDS, UNCERTAINTIES, PosteriorResult
 from hierps.pymc_model import Patterns, compress
@@ -37,7 +39,7 @@ _DERIVED_GROUPS = ("estimands", "weights")
 def check_estimand_loss(estimand: str, loss: str) -> None:
     """The calibrated loss is the ATT loss: reject it with another estimand."""
     if estimand != "att" and loss == "calibrated":
-        raise ValueError(
+        raise ArgumentError(
             "the calibrated loss targets the ATT (its weights balance controls to the treated); "
             f"use loss='bernoulli' for estimand={estimand!r}"
         )
@@ -76,19 +78,18 @@ def from_idata(
     """
     check_choice("uncertainty", uncertainty, UNCERTAINTIES)
     check_choice("estimand", estimand, ESTIMANDS)
+    if not isinstance(idata, xr.DataTree):
+        raise ArgumentTypeError(f"idata must be an xarray.DataTree, not {type(idata).__name__}")
     if "posterior" not in idata.children:
-        raise ValueError("idata has no 'posterior' group")
+        raise ArgumentError("idata has no 'posterior' group")
     loss = str(idata.attrs.get("hierps_loss", "bernoulli"))
     check_estimand_loss(estimand, loss)
     posterior = idata["posterior"].to_dataset()
     alpha, beta = _coefficients(design, posterior)
     _check_units(design, idata)
     n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
-    seeds = (
-        random_seed
-        if isinstance(random_seed, np.random.SeedSequence)
-        else np.random.SeedSequence(random_seed)
-    )
+    seeds = seed_sequence("random_seed", random_seed)
+    store_weights = check_flag("store_weights", store_weights)
     computed = _per_draw(
         design,
         alpha.reshape(n_chains * n_draws, *alpha.shape[2:]),
@@ -153,7 +154,7 @@ def from_idata(
             coords={k: coords[k] for k in ("chain", "draw", "group")},
             attrs=attrs,
         )
-        _warn_inestimable(design, estimand)
+        warn_inestimable(design, estimand, _unstable_groups(design, computed["effect"]))
     return PosteriorResult(design, tree, estimand=estimand, uncertainty=uncertainty)
 
 
@@ -163,7 +164,7 @@ def _check_units(design: Design, idata: xr.DataTree) -> None:
         return
     codes = np.asarray(idata["constant_data"]["group_index"].values)
     if codes.shape != design.group_codes.shape or not np.array_equal(codes, design.group_codes):
-        raise ValueError(
+        raise ArgumentError(
             f"the posterior was sampled on {codes.size} units in another arrangement than the "
             f"design's {design.n_units}: it belongs to other data"
         )
@@ -172,20 +173,20 @@ def _check_units(design: Design, idata: xr.DataTree) -> None:
 def _coefficients(design: Design, posterior: xr.Dataset) -> tuple[np.ndarray, np.ndarray | None]:
     """``alpha`` and ``beta`` as arrays, after checking they belong to this design."""
     if "alpha" not in posterior:
-        raise ValueError("the posterior has no 'alpha'; was it sampled from hierps' model?")
+        raise ArgumentError("the posterior has no 'alpha'; was it sampled from hierps' model?")
     groups = [str(group) for group in posterior["alpha"]["group"].values]
     if groups != [str(group) for group in design.groups]:
-        raise ValueError(
+        raise ArgumentError(
             "the posterior's groups differ from the design's: it was sampled on other data"
         )
     alpha = posterior["alpha"].transpose("chain", "draw", "group").to_numpy()
     if not design.unit_names:
         return alpha, None
     if "beta" not in posterior:
-        raise ValueError("the posterior has no 'beta' but the design has unit covariates")
+        raise ArgumentError("the posterior has no 'beta' but the design has unit covariates")
     covariates = [str(name) for name in posterior["beta"]["unit_covariate"].values]
     if covariates != list(design.unit_names):
-        raise ValueError(
+        raise ArgumentError(
             f"the posterior's unit covariates {covariates} differ from the design's "
             f"{list(design.unit_names)}"
         )
@@ -383,29 +384,10 @@ def _base_weight_attrs(design: Design) -> dict[str, str]:
     }
 
 
-def _warn_inestimable(design: Design, estimand: str) -> None:
-    """Name the groups whose effect is NaN and count the units the overall effect leaves out."""
+def _unstable_groups(design: Design, effect: np.ndarray) -> dict[int, float]:
+    """Groups with both arms whose effect is NaN in some draws (weights under- or overflowed),
+    with the share of draws concerned."""
     n_treated = design.treated_per_group
-    n_control = design.units_per_group - n_treated
-    labels = design.groups.tolist()
-    if estimand in ("att", "atc"):
-        target, other = ("treated", "control") if estimand == "att" else ("control", "treated")
-        if estimand == "atc":
-            n_treated, n_control = n_control, n_treated
-        missing = np.flatnonzero((n_treated > 0) & (n_control == 0))
-        if len(missing):
-            left_out = int(n_treated[missing].sum())
-            group_name, overall_name = (name.upper() for name in EFFECT_NAMES[estimand])
-            warn(
-                f"group(s) {', '.join(repr(labels[j]) for j in missing)} have no {other} "
-                f"units: their {group_name} is NaN and their {left_out} {target} unit(s) are "
-                f"excluded from the {overall_name}"
-            )
-        return
-    missing = np.flatnonzero((n_treated == 0) | (n_control == 0))
-    if len(missing):
-        left_out = int(design.units_per_group[missing].sum())
-        warn(
-            f"group(s) {', '.join(repr(labels[j]) for j in missing)} lack treated or control "
-            f"units: their CATE is NaN and their {left_out} unit(s) are excluded from the ATE"
-        )
+    both_arms = (n_treated > 0) & (design.units_per_group - n_treated > 0)
+    share = np.mean(~np.isfinite(effect), axis=0)
+    return {int(j): float(share[j]) for j in np.flatnonzero(both_arms & (share > 0))}

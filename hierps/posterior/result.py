@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import xarray as xr
 
+from hierps.exceptions import ArgumentError
 from hierps.mcmc.conventions import CI_PROB
 from hierps.mcmc.summary import summarize_draws
 
@@ -70,6 +72,14 @@ class PosteriorResult:
             f"uncertainty {self.uncertainty}"
         )
 
+    def save(self, path: str | Path) -> Path:
+        """Write the result (sampler groups, effects, weights and the design) to one netCDF
+        file, whole or not at all; :func:`hierps.load` reads it back as a
+        :class:`PosteriorResult`."""
+        from hierps.workflow.storage import save_result
+
+        return save_result(self, path)
+
     @property
     def weights(self) -> pd.Series:
         """Posterior-mean weight of every unit, on the frame's index (ATT: treated = 1)."""
@@ -78,7 +88,7 @@ class PosteriorResult:
 
     def _estimands(self) -> xr.Dataset:
         if "estimands" not in self.idata.children:
-            raise ValueError(
+            raise ArgumentError(
                 "the model has no outcome column, so there are no effects: give outcome= to "
                 "hierps.Model (the propensity posterior and .weights need none)"
             )
@@ -87,7 +97,7 @@ class PosteriorResult:
     def _names(self, requested: str) -> tuple[str, str]:
         names = EFFECT_NAMES[self.estimand]
         if requested != self.estimand:
-            raise ValueError(
+            raise ArgumentError(
                 f"this result estimated the {self.estimand.upper()}: use .{names[0]} and "
                 f".{names[1]}, or from_idata(..., estimand={requested!r})"
             )

@@ -13,8 +13,9 @@ import os
 
 import numpy as np
 
+from hierps.arguments import check_flag, check_probability, seed_sequence
 from hierps.design.build import Design
-from hierps.exceptions import check_choice, warn
+from hierps.exceptions import ArgumentError, ArgumentTypeError, check_choice, warn
 from hierps.mcmc.conventions import check_sampler
 from hierps.mcmc.diagnosis import diagnose
 from hierps.posterior.draws import check_estimand_loss, from_idata
@@ -110,11 +111,13 @@ def sample(
     check_estimand_loss(estimand, loss)
     for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+            raise ArgumentTypeError(f"{name} must be an integer, not {type(value).__name__}")
         if value < (0 if name == "tune" else 1):
-            raise ValueError(f"{name} must be {'≥ 0' if name == 'tune' else '≥ 1'}, not {value}")
-    if not 0 < target_accept < 1:
-        raise ValueError(f"target_accept must lie strictly between 0 and 1, not {target_accept}")
+            raise ArgumentError(f"{name} must be {'≥ 0' if name == 'tune' else '≥ 1'}, not {value}")
+    target_accept = check_probability("target_accept", target_accept)
+    store_weights = check_flag("store_weights", store_weights)
+    progressbar = check_flag("progressbar", progressbar)
+    seeds = seed_sequence("random_seed", random_seed)
     import pymc as pm
 
     # Build (and so validate the hyperparameters) before anything slow happens.
@@ -122,7 +125,6 @@ def sample(
 
     # The bootstrap draws from the seed sequence itself and the sampler from a child of it,
     # so from_idata(design, result.idata, random_seed=<the same seed>) repeats the bootstrap.
-    seeds = np.random.SeedSequence(random_seed)
     (sampler_seeds,) = seeds.spawn(1)
     with pymc_model:
         idata = pm.sample(

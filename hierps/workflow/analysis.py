@@ -60,6 +60,22 @@ def build_model(spec: ModelSpec, frame: pd.DataFrame) -> Model:
     return Model.from_roles(frame, roles, standardize=data.standardize)
 
 
+def check_spec(spec: ModelSpec) -> Model:
+    """Run every check :func:`run_analysis` runs before fitting, and return the model.
+
+    Reads the data, validates every value of the named columns (:class:`Model`), the MAP
+    hyperparameters and, with a ``[balance]`` section, the balance formulas.
+    """
+    from hierps.design.hyperparameters import MapHyperparameters
+
+    frame, _ = load_data(spec)
+    model = build_model(spec, frame)
+    MapHyperparameters.from_user(int(model.design.varying.sum()), **spec.map_hyperparameters())
+    if spec.balance is not None:
+        _constraint_fit(spec, frame, fit=False)
+    return model
+
+
 def run_analysis(
     spec: ModelSpec,
     out_dir: str | Path | None = None,
@@ -179,7 +195,7 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
     )
 
 
-def _constraint_fit(spec: ModelSpec, frame: pd.DataFrame):
+def _constraint_fit(spec: ModelSpec, frame: pd.DataFrame, fit: bool = True):
     from hierps.natstrat.constraints import generate_constraints
     from hierps.natstrat.weights import constraint_weights
 
@@ -195,6 +211,8 @@ def _constraint_fit(spec: ModelSpec, frame: pd.DataFrame):
         denom_variance=balance.denom_variance,
         autogen_missing=balance.autogen_missing,
     )
+    if not fit:
+        return constraints
     return constraint_weights(constraints, treatment, scale=balance.scale)
 
 
