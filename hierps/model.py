@@ -12,6 +12,7 @@ from hierps.calibrated.fit import MapResult, fit_map
 from hierps.design.build import ColumnRoles, Design, build_design
 from hierps.design.formula import roles_from_formula
 from hierps.exceptions import DataError
+from hierps.scale.frames import is_dask_frame
 
 if TYPE_CHECKING:
     import pymc as pm
@@ -94,7 +95,13 @@ class Model:
             varying_slopes=None if varying_slopes is None else tuple(varying_slopes),
         )
         self.data = data
-        self.design: Design = build_design(data, roles, standardize)
+        if is_dask_frame(data):
+            # Validation and standardization by aggregation; the rows stay on the workers.
+            from hierps.scale.dask_design import build_dask_design
+
+            self.design = build_dask_design(data, roles, standardize)
+        else:
+            self.design: Design = build_design(data, roles, standardize)
 
     @classmethod
     def from_formula(
@@ -142,6 +149,10 @@ class Model:
         ``sigma_intercept``, ``tol``, ``max_iterations``, ``init``); an unknown one raises
         ``TypeError``.
         """
+        if is_dask_frame(self.data):
+            from hierps.scale.dask_solver import fit_map_dask
+
+            return fit_map_dask(self.design, **options)
         return fit_map(self.design, **options)
 
     def sample(
