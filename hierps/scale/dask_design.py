@@ -387,7 +387,8 @@ def build_dask_design(
         series = meta[roles.outcome]
         if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
             raise DataError(
-                f"outcome column {roles.outcome!r} must be numeric; it has dtype {series.dtype}"
+                f"outcome column {roles.outcome!r} must be numeric; it has dtype "
+                f"{_dtype_name(series.dtype)}"
             )
         missing = _first_labels([s["outcome_missing"] for s in summaries])
         if missing[0]:
@@ -480,6 +481,12 @@ def build_dask_design(
         unit_sources={k: v for k, v in unit_sources.items() if k in unit_names},
         group_sources={k: v for k, v in group_sources.items() if k in group_encoded.columns},
     )
+
+
+def _dtype_name(dtype: object) -> object:
+    """The dtype as pandas shows it for in-memory text: Dask turns pandas' default ``str``
+    columns into ``string[pyarrow]`` (shown ``string``), which the user never chose."""
+    return "str" if isinstance(dtype, pd.StringDtype) else dtype
 
 
 def _unit_scaling(
