@@ -255,3 +255,71 @@ def test_segment_sums_across_row_batches(monkeypatch):
     merged = merge_partials(a, b)
     np.testing.assert_array_equal(merged.groups, [1, 3, 4])
     np.testing.assert_array_equal(merged.values[:, 0], [1, 2, 1])
+
+
+def write_model_file(folder, study, **data):
+    frame = study.data.drop(columns="c1")
+    (folder / "parts").mkdir()
+    bounds = np.linspace(0, len(frame), 4).astype(int)
+    for part in range(3):
+        frame.iloc[bounds[part] : bounds[part + 1]].to_parquet(folder / f"parts/{part}.parquet")
+    lines = ['name = "scale"', "[data]"]
+    settings = {
+        "path": "parts/*.parquet",
+        "engine": "dask",
+        "treatment": "z",
+        "group": "school",
+        "outcome": "y",
+        "unit_covariates": ["x1", "x2", "x3"],
+        "group_covariates": ["v1", "v2"],
+        **data,
+    }
+    for key, value in settings.items():
+        lines.append(f"{key} = {value!r}".replace("'", '"'))
+    lines += ["[posterior]", "enabled = false"]
+    (folder / "model.toml").write_text("\n".join(lines) + "\n")
+    return frame
+
+
+def test_model_file_with_dask_engine_runs_on_the_active_client(client, study, tmp_path):
+    from typer.testing import CliRunner
+
+    from hierps.workflow.cli import app
+
+    frame = write_model_file(tmp_path, study)
+    out = tmp_path / "out"
+    run = CliRunner().invoke(app, ["fit", str(tmp_path / "model.toml"), "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        memory = hierps.Model(frame, **roles(study)).fit_map()
+    catt = pd.read_csv(out / "catt.csv", index_col=0)
+    np.testing.assert_allclose(catt["estimate"], memory.catt["estimate"], rtol=1e-8)
+    weights = pd.read_parquet(out / "weights")["weight"]
+    np.testing.assert_allclose(np.sort(weights), np.sort(memory.weights), rtol=1e-8)
+    report = (out / "report.md").read_text()
+    assert f"ATT (MAP balancing weights): {memory.att:.4f}" in report
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"scheduler": "tcp://127.0.0.1:1", "engine": "pandas"}, "'scheduler' needs engine"),
+        ({"cut": {"x1c": {"column": "x1", "bins": [-9, 0, 9]}}}, "does not support 'cut'"),
+    ],
+)
+def test_model_file_rejects_what_a_dask_run_cannot_do(tmp_path, study, data, message):
+    from hierps.workflow.spec import SpecError, read_spec
+
+    write_model_file(tmp_path, study)
+    text = (tmp_path / "model.toml").read_text()
+    if "engine" in data:
+        text = text.replace('engine = "dask"', f'engine = "{data["engine"]}"')
+        text = text.replace("[posterior]", f'scheduler = "{data["scheduler"]}"\n[posterior]')
+    else:
+        text = text.replace(
+            "[posterior]", '[data.cut.x1c]\ncolumn = "x1"\nbins = [-9, 0, 9]\n[posterior]'
+        )
+    (tmp_path / "model.toml").write_text(text)
+    with pytest.raises(SpecError, match=message):
+        read_spec(tmp_path / "model.toml")

@@ -79,6 +79,10 @@ def run_analysis(
     report
         Called with a short message as each step starts (the CLI shows progress with it).
     """
+    if spec.data.engine == "dask":
+        from hierps.workflow.distributed import run_distributed
+
+        return run_distributed(spec, None if out_dir is None else Path(out_dir), report)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", HierpsWarning)
         result = _run(spec, sample, report)

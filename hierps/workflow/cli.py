@@ -182,8 +182,13 @@ def check(model_file: Path = typer.Argument(..., help="A model file (TOML).")) -
         from hierps.workflow.spec import load_data, read_spec
 
         spec = read_spec(model_file)
-        frame, _ = load_data(spec)
-        model = build_model(spec, frame)
+        if spec.data.engine == "dask":
+            from hierps.scale.cluster import dask_client
+
+            with dask_client(spec.data.scheduler):
+                model = build_model(spec, load_data(spec)[0])
+        else:
+            model = build_model(spec, load_data(spec)[0])
         console.print(f"[green]{model_file}: valid[/green]")
         console.print(model.summary())
 
