@@ -21,6 +21,7 @@ optimum is the same, so weights and effects agree with the in-memory fit to the 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -311,9 +312,13 @@ def fit_map_dask(
     else:
         theta_global, theta_local = init._theta_global.copy(), init._theta_local.copy()
 
+    pass_seconds: list[float] = []
+
     def evaluate(theta_global, theta_local):
+        started = time.perf_counter()
         coefficients = group_coefficients(problem, theta_global, theta_local)
         sums = _map_reduce(blocks, newton_sums, coefficients).dense(design.n_groups)
+        pass_seconds.append(time.perf_counter() - started)
         first, moments = _assemble(sums, p)
         value = _objective(problem, theta_global, theta_local, float(first[:, 0].sum()))
         return value, first, moments
@@ -375,6 +380,7 @@ def fit_map_dask(
         history,
     )
     result = DaskMapResult(design, hyperparameters, problem, trace, data, round_trips)
+    result.pass_seconds = pass_seconds
     result._warn_extreme_weights()
     return result
 
@@ -412,6 +418,8 @@ class DaskMapResult(MapResult):
     ----------
     round_trips
         Map-reduce passes of the Newton iterations (one per accepted full step).
+    pass_seconds
+        Wall time of each of those passes (map, reduce and the driver's assembly).
     """
 
     def __init__(self, design, hyperparameters, problem, trace, data, round_trips) -> None:
