@@ -60,6 +60,7 @@ rss_design = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 start = time.perf_counter()
 fit = model.fit_map()
 fit_seconds = time.perf_counter() - start
+iterations = fit.iterations
 # The design's own allocations (NumPy reports to tracemalloc), in a second, traced build.
 import tracemalloc
 del model, fit
@@ -70,8 +71,9 @@ model = hierps.Model(data, treatment="z", group="school", outcome="y",
                      group_covariates=study.group_covariates)
 design_alloc = (tracemalloc.get_traced_memory()[1] - base) / 2**30
 tracemalloc.stop()
-print(json.dumps({{"design_alloc": design_alloc, "n": len(data), "groups": model.design.n_groups, "design": design_seconds,
-                  "fit": fit_seconds, "iterations": fit.iterations, "frame_gib": frame_gib,
+print(json.dumps({{"design_alloc": design_alloc, "n": len(data),
+                  "groups": model.design.n_groups, "design": design_seconds,
+                  "fit": fit_seconds, "iterations": iterations, "frame_gib": frame_gib,
                   "rss_before_design": rss_before, "rss_after_design": rss_design,
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
 """
@@ -181,7 +183,8 @@ def main() -> None:
                 f"{after['design']:.2f} s, fit_map {after['fit']:.2f} s "
                 f"(Model / fit {after['design'] / after['fit']:.2f}), {after['iterations']} "
                 f"iterations; frame {after['frame_gib']:.2f} GiB, peak RSS "
-                f"{after['peak_rss']:.2f} GiB; Model's peak allocation {after['design_alloc']:.2f} GiB "
+                f"{after['peak_rss']:.2f} GiB; Model's peak allocation "
+                f"{after['design_alloc']:.2f} GiB "
                 f"({after['design_alloc'] / after['frame_gib']:.1f}x the frame)"
             )
             if args.baseline:
