@@ -50,6 +50,10 @@ class Model:
         ``True`` / ``"treated"`` (default: centre at the treated mean, divide by the treated
         SD), ``"pooled"``, or ``False`` / ``"none"``.
 
+    A ``dask.dataframe.DataFrame`` (``pip install hierps[dask]``) is validated and standardized
+    by aggregation over its partitions, with the same errors and warnings, and
+    :meth:`fit_map` then runs on the active Dask client (docs/scale.md).
+
     Examples
     --------
     >>> import hierps
@@ -118,6 +122,11 @@ class Model:
         get varying slopes; the other terms get fixed slopes. ``C(x)`` marks ``x`` as
         categorical. The result is the same design as the keyword constructor gives.
         """
+        if is_dask_frame(data):
+            raise TypeError(
+                "Model.from_formula reads the data to sort terms into unit and group "
+                "covariates; with a Dask DataFrame give the roles by keyword instead"
+            )
         return cls.from_roles(data, roles_from_formula(formula, data, outcome=outcome), standardize)
 
     @classmethod
@@ -135,8 +144,16 @@ class Model:
     def __repr__(self) -> str:
         return self.design.summary()
 
+    def _in_memory(self, verb: str) -> None:
+        if is_dask_frame(self.data):
+            raise TypeError(
+                f"Model.{verb} needs the units in memory; a model of a Dask DataFrame fits MAP "
+                f"weights only (fit_map), see docs/scale.md"
+            )
+
     def build_pymc(self, loss: str = "bernoulli", **fixed: float) -> pm.Model:
         """Build the PyMC model; see :func:`hierps.pymc_model.build_pymc`."""
+        self._in_memory("build_pymc")
         from hierps.pymc_model import build_pymc
 
         return build_pymc(self.design, loss=loss, **fixed)
@@ -173,6 +190,7 @@ class Model:
         the original columns, or pass a fitted :class:`~hierps.effects.outcome.OutcomeModel`.
         The outcome model never feeds back into the propensity model.
         """
+        self._in_memory("sample")
         from hierps.effects.augment import augment
         from hierps.effects.outcome import OutcomeModel, fit_outcome_model
         from hierps.posterior.run import sample

@@ -323,3 +323,16 @@ def test_model_file_rejects_what_a_dask_run_cannot_do(tmp_path, study, data, mes
     (tmp_path / "model.toml").write_text(text)
     with pytest.raises(SpecError, match=message):
         read_spec(tmp_path / "model.toml")
+
+
+def test_verbs_that_need_the_units_in_memory_say_so(client, study):
+    frame = dd.from_pandas(study.data.iloc[:2000], npartitions=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        model = hierps.Model(frame, **roles(study))
+    for verb in (model.sample, model.build_pymc):
+        with pytest.raises(TypeError, match="needs the units in memory"):
+            verb()
+    with pytest.raises(TypeError, match="give the roles by keyword"):
+        hierps.Model.from_formula("z ~ x1 + v1 + (x1 | school)", frame)
+    assert "Dask, 2 partitions" in model.summary()
