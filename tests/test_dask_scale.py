@@ -336,3 +336,68 @@ def test_verbs_that_need_the_units_in_memory_say_so(client, study):
     with pytest.raises(TypeError, match="give the roles by keyword"):
         hierps.Model.from_formula("z ~ x1 + v1 + (x1 | school)", frame)
     assert "Dask, 2 partitions" in model.summary()
+
+
+def test_posterior_on_cells_counted_by_dask(client):
+    """Discrete covariates: the cells, the log density and the effects of the in-memory model."""
+    from hierps.pymc_model import build_pymc, compress
+    from hierps.scale.dask_cells import cells_of, sample_cells
+
+    rng = np.random.default_rng(1)
+    n = 20_000
+    g, a, b = rng.integers(0, 12, n), rng.integers(0, 3, n), rng.integers(0, 2, n)
+    logit = -0.8 + 0.5 * a - 0.4 * b + 0.2 * (g % 3)
+    z = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    frame = pd.DataFrame(
+        {
+            "school": [f"s{k:02d}" for k in g],
+            "z": z,
+            "y": a + b + z * (1 + 0.1 * g) + rng.normal(size=n),
+            "a": a,
+            "b": b.astype(float),
+            "v": (g % 4).astype(float),
+        }
+    )
+    options = {
+        "treatment": "z",
+        "group": "school",
+        "outcome": "y",
+        "unit_covariates": ["a", "b"],
+        "group_covariates": ["v"],
+        "categorical": ["a"],
+    }
+    memory = hierps.Model(frame, **options)
+    model = hierps.Model(dd.from_pandas(frame, npartitions=5, sort=False), **options)
+    expected = compress(memory.design)
+    patterns, outcomes = cells_of(model.design)
+    for name in ("group", "units", "treated"):
+        np.testing.assert_array_equal(getattr(patterns, name), getattr(expected, name))
+    # The Dask spreads are merged by Chan's update: the same standardization to rounding.
+    np.testing.assert_allclose(patterns.design, expected.design, rtol=1e-12, atol=1e-14)
+    cell_of_unit = expected.of_unit
+    np.testing.assert_allclose(
+        outcomes["control_outcome"],
+        np.bincount(cell_of_unit, weights=frame["y"] * (1 - frame["z"]), minlength=len(expected)),
+    )
+    in_memory = build_pymc(memory.design, sigma_beta=0.5)
+    on_cells = build_pymc(model.design, patterns=patterns, sigma_beta=0.5)
+    point = {k: v + 0.1 for k, v in in_memory.initial_point().items()}
+    assert on_cells.compile_logp()(point) == pytest.approx(in_memory.compile_logp()(point))
+
+    result = sample_cells(model.design, draws=200, tune=200, chains=2, random_seed=3)
+    reference = memory.sample(
+        draws=200, tune=200, chains=2, random_seed=3, uncertainty="propensity"
+    )
+    difference = (result.catt["mean"] - reference.catt["mean"]).abs()
+    assert (difference < 0.5 * reference.catt["sd"]).all()
+    assert abs(result.att["mean"].iloc[0] - reference.att["mean"].iloc[0]) < 0.5 * float(
+        reference.att["sd"].iloc[0]
+    )
+    # Continuous covariates: every unit its own cell, refused with the way out.
+    with pytest.raises(DataError, match="coarsen"):
+        cells_of(
+            hierps.Model(
+                dd.from_pandas(frame.assign(b=rng.normal(size=n)), npartitions=2), **options
+            ).design,
+            max_cells=1000,
+        )
