@@ -6,6 +6,7 @@ sum of the solver is a reduction across workers.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -393,6 +394,13 @@ def test_posterior_on_cells_counted_by_dask(client):
     assert abs(result.att["mean"].iloc[0] - reference.att["mean"].iloc[0]) < 0.5 * float(
         reference.att["sd"].iloc[0]
     )
+    # The JAX sampler runs the same model on the same cells, where numpyro is installed.
+    if importlib.util.find_spec("numpyro") is not None:
+        jax_result = sample_cells(
+            model.design, draws=200, tune=200, chains=2, random_seed=3, sampler="numpyro"
+        )
+        difference = (jax_result.catt["mean"] - reference.catt["mean"]).abs()
+        assert (difference < 0.5 * reference.catt["sd"]).all()
     # Continuous covariates: every unit its own cell, refused with the way out.
     with pytest.raises(DataError, match="coarsen"):
         cells_of(
