@@ -117,11 +117,11 @@ def coords_of(design: Design, patterns: Patterns | None = None) -> dict[str, lis
         "unit_covariate": list(design.unit_names),
         "varying_covariate": list(design.varying_names),
         "group_covariate": list(design.group_names),
+        # A design whose units stay on a cluster (hierps.scale) has cells but no `obs`.
+        "obs": list(design.index) if hasattr(design, "index") else None,
         "pattern": list(range(n_patterns)),
     }
-    if hasattr(design, "index"):  # not a design whose units stay on a cluster (cells only)
-        coords["obs"] = list(design.index)
-    return coords
+    return {name: values for name, values in coords.items() if values is not None}
 
 
 def build_pymc(
