@@ -13,6 +13,7 @@ from hierps.calibrated.fit import MapResult, fit_map
 from hierps.design.build import ColumnRoles, Design, build_design
 from hierps.design.formula import roles_from_formula
 from hierps.exceptions import ArgumentTypeError, DataError
+from hierps.scale.frames import is_dask_frame
 
 if TYPE_CHECKING:
     import pymc as pm
@@ -55,6 +56,10 @@ class Model:
         is then of the weighted population: the balance targets, the effects, balance tables
         and effective sample sizes carry them, and posterior mode weights the likelihood (a
         pseudo-posterior). Integer weights act exactly as replicated rows in MAP mode.
+
+    A ``dask.dataframe.DataFrame`` (``pip install hierps[dask]``) is validated and standardized
+    by aggregation over its partitions, with the same errors and warnings, and
+    :meth:`fit_map` then runs on the active Dask client (docs/scale.md).
 
     Examples
     --------
@@ -99,7 +104,13 @@ class Model:
             weights=weights,
         )
         self.data = data
-        self.design: Design = build_design(data, roles, standardize)
+        if is_dask_frame(data):
+            # Validation and standardization by aggregation; the rows stay on the workers.
+            from hierps.scale.dask_design import build_dask_design
+
+            self.design = build_dask_design(data, roles, standardize)
+        else:
+            self.design: Design = build_design(data, roles, standardize)
 
     @classmethod
     def from_formula(
@@ -118,6 +129,11 @@ class Model:
         categorical. The result is the same design as the keyword constructor gives;
         ``weights`` names a base-weight column as there.
         """
+        if is_dask_frame(data):
+            raise ArgumentTypeError(
+                "Model.from_formula reads the data to sort terms into unit and group "
+                "covariates; with a Dask DataFrame give the roles by keyword instead"
+            )
         roles = roles_from_formula(formula, data, outcome=outcome)
         return cls.from_roles(data, dataclasses.replace(roles, weights=weights), standardize)
 
@@ -136,8 +152,16 @@ class Model:
     def __repr__(self) -> str:
         return self.design.summary()
 
+    def _in_memory(self, verb: str) -> None:
+        if is_dask_frame(self.data):
+            raise TypeError(
+                f"Model.{verb} needs the units in memory; a model of a Dask DataFrame fits MAP "
+                f"weights only (fit_map), see docs/scale.md"
+            )
+
     def build_pymc(self, loss: str = "bernoulli", **fixed: float) -> pm.Model:
         """Build the PyMC model; see :func:`hierps.pymc_model.build_pymc`."""
+        self._in_memory("build_pymc")
         from hierps.pymc_model import build_pymc
 
         return build_pymc(self.design, loss=loss, **fixed)
@@ -154,6 +178,10 @@ class Model:
         (empirical Bayes; see ``result.selection``).
         """
         _check_options("fit_map", fit_map, options)
+        if is_dask_frame(self.data):
+            from hierps.scale.dask_solver import fit_map_dask
+
+            return fit_map_dask(self.design, **options)
         return fit_map(self.design, **options)
 
     def sample(
@@ -174,6 +202,7 @@ class Model:
         the original columns, or pass a fitted :class:`~hierps.effects.outcome.OutcomeModel`.
         The outcome model never feeds back into the propensity model.
         """
+        self._in_memory("sample")
         from hierps.effects.augment import augment
         from hierps.effects.outcome import OutcomeModel, fit_outcome_model
         from hierps.posterior.run import sample

@@ -127,17 +127,21 @@ def coords_of(design: Design, patterns: Patterns | None = None) -> dict[str, lis
     :class:`Patterns` when they are at hand, otherwise they are computed.
     """
     n_patterns = len(patterns if patterns is not None else compress(design))
-    return {
+    coords = {
         "group": list(design.groups),
         "unit_covariate": list(design.unit_names),
         "varying_covariate": list(design.varying_names),
         "group_covariate": list(design.group_names),
-        "obs": list(design.index),
+        # A design whose units stay on a cluster (hierps.scale) has cells but no `obs`.
+        "obs": list(design.index) if hasattr(design, "index") else None,
         "pattern": list(range(n_patterns)),
     }
+    return {name: values for name, values in coords.items() if values is not None}
 
 
-def build_pymc(design: Design, loss: str = "bernoulli", **fixed: float) -> pm.Model:
+def build_pymc(
+    design: Design, loss: str = "bernoulli", patterns: Patterns | None = None, **fixed: float
+) -> pm.Model:
     """Build the hierarchical logistic propensity model in PyMC.
 
     ::
@@ -168,6 +172,10 @@ def build_pymc(design: Design, loss: str = "bernoulli", **fixed: float) -> pm.Mo
         With base weights in the design, every unit's term is multiplied by its weight (a
         pseudo-likelihood, as a ``pm.Potential`` named ``weighted_likelihood`` or
         ``calibrated_loss``; no predictive draws).
+    patterns
+        The design's :class:`Patterns`, when computed elsewhere (a Dask design's cells,
+        :func:`hierps.scale.dask_cells.cells_of`); the unit-level containers are then left
+        out if the design holds no unit rows.
     **fixed
         Hyperparameters to fix at a number: ``sigma_alpha``, ``sigma_beta`` (one number or
         one per varying slope), ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``.
@@ -183,15 +191,17 @@ def build_pymc(design: Design, loss: str = "bernoulli", **fixed: float) -> pm.Mo
     varying_index = np.flatnonzero(design.varying)
     values = check_fixed(fixed, len(varying_index))
     scales = {**FIXED_SCALE_DEFAULTS, **values}
-    patterns = compress(design)
+    patterns = compress(design) if patterns is None else patterns
     coords = coords_of(design, patterns)
     n_groups, n_unit = len(design.groups), len(design.unit_names)
     has_group_covariates = len(design.group_names) > 0
+    unit_level = "obs" in coords
 
     with pm.Model(coords=coords) as model:
         # The unit-level record; the likelihood below reads the pattern containers.
-        pm.Data("group_index", design.group_codes, dims="obs")
-        pm.Data("treatment", design.treatment.astype("int64"), dims="obs")
+        if unit_level:
+            pm.Data("group_index", design.group_codes, dims="obs")
+            pm.Data("treatment", design.treatment.astype("int64"), dims="obs")
         pattern_group = pm.Data("pattern_group", patterns.group, dims="pattern")
         pattern_units = pm.Data("pattern_units", patterns.units, dims="pattern")
         pattern_treated = pm.Data("pattern_treated", patterns.treated, dims="pattern")
@@ -213,7 +223,8 @@ def build_pymc(design: Design, loss: str = "bernoulli", **fixed: float) -> pm.Mo
         eta = alpha[pattern_group]
 
         if n_unit > 0:
-            pm.Data("unit_design", design.unit_matrix, dims=("obs", "unit_covariate"))
+            if unit_level:
+                pm.Data("unit_design", design.unit_matrix, dims=("obs", "unit_covariate"))
             pattern_design = pm.Data(
                 "pattern_design", patterns.design, dims=("pattern", "unit_covariate")
             )

@@ -316,34 +316,59 @@ def _encode(
     return encoded, sources
 
 
-def _spread(values: pd.DataFrame, weights: np.ndarray | None = None) -> pd.Series:
-    """Standard deviation (ddof=1) of each column, exactly 0 for a column with one value.
+@dataclass(frozen=True)
+class Spread:
+    """Count, mean and standard deviation (ddof=1) of each column over a set of rows.
 
-    Summation error makes ``std`` of a constant float column a few 1e-17 rather than 0 (e.g.
-    ``pd.Series([0.1] * 1000).std()``); scaling by that would blow the column up to ~1e16.
-    Columns with fewer than two values keep their NaN. With base weights ``b`` the variance
-    is ``Σ b (x − x̄_b)² / (Σ b − 1)``: frequency weights, so that integer weights give the
-    standard deviation of the rows replicated that many times.
+    ``sd`` is exactly 0 for a column with a single distinct value among two or more entries:
+    summation error makes the standard deviation of a constant float column a few 1e-17
+    rather than 0 (e.g. ``pd.Series([0.1] * 1000).std()``), and scaling by that would blow
+    the column up to ~1e16. Columns with fewer than two values have a NaN ``sd``. Missing
+    entries are skipped, as by pandas' ``mean`` and ``std``.
     """
-    if weights is None:
-        sd = values.std(ddof=1)
-    else:
-        sd = _weighted_moments(values, weights)[1]
-    single = (values.nunique(dropna=True) <= 1) & (values.count() >= 2)
-    return sd.mask(single, 0.0)
+
+    count: pd.Series
+    mean: pd.Series
+    sd: pd.Series
 
 
-def _weighted_moments(values: pd.DataFrame, weights: np.ndarray) -> tuple[pd.Series, pd.Series]:
-    """Weighted mean and frequency-weighted standard deviation of each column (NaNs skipped)."""
-    x = values.to_numpy(dtype=float)
-    present = ~np.isnan(x)
-    b = np.where(present, weights[:, None], 0.0)
-    total = b.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(total > 0, (b * np.where(present, x, 0.0)).sum(axis=0) / total, np.nan)
-        squares = (b * np.where(present, x - mean, 0.0) ** 2).sum(axis=0)
-        sd = np.where(total > 1, np.sqrt(squares / (total - 1)), np.nan)
-    return pd.Series(mean, index=values.columns), pd.Series(sd, index=values.columns)
+def column_spread(
+    values: np.ndarray, names: Sequence[str], counts: np.ndarray | None = None
+) -> Spread:
+    """The :class:`Spread` of the columns of ``values`` (n, p), rows repeated ``counts`` times.
+
+    One pass per column with NumPy reductions: pandas' ``nunique``, which the single-value
+    rule needs, hashes every entry and costs several times ``std``; the minimum and the
+    maximum decide it at a fraction of the cost. ``counts`` (frequency weights, for the
+    group covariates: one row per group, repeated once per unit) defaults to one per row.
+    """
+    p = len(names)
+    count, mean, sd = np.zeros(p), np.full(p, np.nan), np.full(p, np.nan)
+    for k in range(p):
+        column = values[:, k]
+        present = ~np.isnan(column)
+        if counts is not None:
+            present &= counts > 0
+        if not present.all():
+            column = column[present]
+        weights = None if counts is None else counts[present]
+        n = float(len(column) if weights is None else weights.sum())
+        count[k] = n
+        if n == 0:
+            continue
+        mean[k] = np.average(column, weights=weights)
+        if n < 2:
+            continue
+        if column.min() == column.max():
+            sd[k] = 0.0
+            continue
+        deviation = (column - mean[k]) ** 2
+        total = deviation.sum() if weights is None else deviation @ weights
+        sd[k] = np.sqrt(total / (n - 1))
+    index = pd.Index(list(names))
+    return Spread(
+        pd.Series(count, index=index), pd.Series(mean, index=index), pd.Series(sd, index=index)
+    )
 
 
 def _scaling(
@@ -352,52 +377,67 @@ def _scaling(
     method: str,
     level: str,
     weights: np.ndarray | None = None,
+    counts: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Centre and scale of each column; columns without variation are listed to be dropped.
 
-    With base ``weights`` the means and standard deviations are weighted ones.
+    With base ``weights`` the means and standard deviations are weighted ones (frequency
+    weights). ``counts`` gives, instead of ``treated``, the treated and control units (or
+    their base-weight totals) each row stands for (group covariates: one row per group).
     """
-    treated_mask = treated.astype(bool)
+    matrix = values.to_numpy(dtype=float)
+    names = list(values.columns)
+    if counts is None:
+        treated_mask = treated.astype(bool)
 
-    def mean(frame: pd.DataFrame, mask: np.ndarray | None = None) -> pd.Series:
-        if weights is None:
-            return frame.mean()
-        return _weighted_moments(frame, weights if mask is None else weights[mask])[0]
+        def rows(mask: np.ndarray) -> np.ndarray | None:
+            return None if weights is None else weights[mask]
 
-    def spread(frame: pd.DataFrame, mask: np.ndarray | None = None) -> pd.Series:
-        return _spread(
-            frame, None if weights is None else (weights if mask is None else weights[mask])
+        spreads = (
+            column_spread(matrix, names, weights),
+            column_spread(matrix[treated_mask], names, rows(treated_mask)),
+            column_spread(matrix[~treated_mask], names, rows(~treated_mask)),
         )
-
-    overall_sd = spread(values)
-    constant = [name for name in values.columns if not overall_sd[name] > 0]
-    if method == "none":
-        center = pd.Series(0.0, index=values.columns)
-        scale = pd.Series(1.0, index=values.columns)
     else:
-        treated_values = values[treated_mask]
-        control_values = values[~treated_mask]
-        pooled_sd = np.sqrt(
-            (spread(treated_values, treated_mask) ** 2 + spread(control_values, ~treated_mask) ** 2)
-            / 2
+        n_treated, n_control = counts
+        spreads = (
+            column_spread(matrix, names, n_treated + n_control),
+            column_spread(matrix, names, n_treated),
+            column_spread(matrix, names, n_control),
         )
+    return scaling_from_spread(*spreads, method=method, level=level)
+
+
+def scaling_from_spread(
+    overall: Spread, treated: Spread, control: Spread, method: str, level: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """The standardization rules (math §2) on the spreads of all units and of each arm.
+
+    Shared by in-memory and Dask designs, which compute the spreads in their own ways.
+    """
+    columns = overall.count.index
+    overall_sd = overall.sd
+    constant = [name for name in columns if not overall_sd[name] > 0]
+    if method == "none":
+        center = pd.Series(0.0, index=columns)
+        scale = pd.Series(1.0, index=columns)
+    else:
+        pooled_sd = np.sqrt((treated.sd**2 + control.sd**2) / 2)
         if method == "treated":
-            center = mean(treated_values, treated_mask)
-            scale = spread(treated_values, treated_mask)
-            fallback = [
-                name for name in values.columns if name not in constant and not scale[name] > 0
-            ]
+            center = treated.mean.copy()
+            scale = treated.sd.copy()
+            fallback = [name for name in columns if name not in constant and not scale[name] > 0]
             if fallback:
                 warnings.warn(
                     f"{level} covariates {_short_list(fallback)} have no variation among the "
                     f"treated; they are scaled by the pooled standard deviation instead",
                     HierpsWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
                 scale[fallback] = pooled_sd[fallback]
-                center[fallback] = center[fallback].fillna(mean(values)[fallback])
+                center[fallback] = center[fallback].fillna(overall.mean[fallback])
         else:
-            center = mean(values)
+            center = overall.mean.copy()
             scale = pooled_sd
         # A column that varies only across arms can still have zero pooled spread.
         scale = scale.where(scale > 0, overall_sd)
@@ -405,7 +445,7 @@ def _scaling(
         warnings.warn(
             f"{level} covariates {_short_list(constant)} are constant in the data and are dropped",
             HierpsWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     table = pd.DataFrame({"center": center, "scale": scale}).drop(index=constant)
     table.index.name = "covariate"
@@ -503,14 +543,29 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
 
     # Group covariates are encoded once per group; their centre and scale are taken over the
     # treated units (each carries its group's value), the same convention as unit covariates.
-    first_rows = pd.Series(np.arange(len(frame))).groupby(codes).first().to_numpy()
+    # The statistics are those of the per-unit column, computed on one row per group
+    # repeated by its treated and control counts rather than on a copy per unit.
+    _, first_rows = np.unique(codes, return_index=True)
     group_rows = frame.iloc[first_rows]
     group_encoded, group_sources = _encode(
         group_rows, roles.group_covariates, categorical, rows="groups"
     )
     validation.check_spread(group_encoded, group_sources, "group")
-    per_unit = group_encoded.iloc[codes].set_axis(frame.index)
-    group_scaling, dropped_groups = _scaling(per_unit, treatment, method, "group", base_weights)
+    if base_weights is None:
+        n_treated = np.bincount(codes, weights=treatment, minlength=len(group_encoded))
+        n_units = np.bincount(codes, minlength=len(group_encoded))
+        group_counts = (n_treated, n_units - n_treated)
+    else:
+        # Frequency weights: each group row stands for its units' base-weight totals per arm.
+        group_counts = (
+            np.bincount(codes, weights=base_weights * treatment, minlength=len(group_encoded)),
+            np.bincount(
+                codes, weights=base_weights * (1 - treatment), minlength=len(group_encoded)
+            ),
+        )
+    group_scaling, dropped_groups = _scaling(
+        group_encoded, treatment, method, "group", counts=group_counts
+    )
     group_encoded = group_encoded.drop(columns=dropped_groups).set_axis(groups)
     group_matrix = _standardized(group_encoded, group_scaling)
 

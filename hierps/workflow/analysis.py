@@ -70,7 +70,8 @@ def check_spec(spec: ModelSpec) -> Model:
 
     frame, _ = load_data(spec)
     model = build_model(spec, frame)
-    MapHyperparameters.from_user(int(model.design.varying.sum()), **spec.map_hyperparameters())
+    fixed = {k: v for k, v in spec.map_hyperparameters().items() if v != "auto"}
+    MapHyperparameters.from_user(int(model.design.varying.sum()), **fixed)
     if spec.balance is not None:
         _constraint_fit(spec, frame, fit=False)
     return model
@@ -96,6 +97,10 @@ def run_analysis(
     report
         Called with a short message as each step starts (the CLI shows progress with it).
     """
+    if spec.data.engine == "dask":
+        from hierps.workflow.distributed import run_distributed
+
+        return run_distributed(spec, None if out_dir is None else Path(out_dir), report)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", HierpsWarning)
         result = _run(spec, sample, report)

@@ -343,7 +343,13 @@ def check(model_file: Path = typer.Argument(..., help="A model file (TOML).")) -
         spec = read_spec(model_file)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = check_spec(spec)
+            if spec.data.engine == "dask":
+                from hierps.scale.cluster import dask_client
+
+                with dask_client(spec.data.scheduler):
+                    model = check_spec(spec)
+            else:
+                model = check_spec(spec)
         console.print(f"[green]{escape(str(model_file))}: valid[/green]")
         console.print(escape(model.summary()))
         from hierps.exceptions import HierpsWarning

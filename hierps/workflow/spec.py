@@ -8,6 +8,7 @@ found, the line of the file.
 
 from __future__ import annotations
 
+import glob
 import re
 import tomllib
 from pathlib import Path
@@ -18,7 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hierps.exceptions import HierpsError
 
-__all__ = ["DEMO", "ModelSpec", "SpecError", "demo_spec", "load_data", "read_spec"]
+__all__ = [
+    "DEMO",
+    "ModelSpec",
+    "SpecError",
+    "data_path_of",
+    "demo_spec",
+    "load_data",
+    "read_spec",
+    "read_table",
+]
 
 _FIELD = re.compile(r"[a-z][a-z0-9_]*")
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -76,6 +86,8 @@ class DataSpec(_Strict):
     weights: str | None = None
     cut: dict[str, Cut] = {}
     interact: dict[str, list[str]] = {}
+    engine: Literal["pandas", "dask"] = "pandas"
+    scheduler: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -84,6 +96,21 @@ class DataSpec(_Strict):
             raise ValueError(
                 "give exactly one data source: 'path', 'dataset' or a [data.simulate] table"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _dask_engine(self) -> DataSpec:
+        if self.scheduler is not None and self.engine != "dask":
+            raise ValueError("'scheduler' needs engine = \"dask\"")
+        if self.engine == "dask":
+            if self.path is None:
+                raise ValueError("engine = \"dask\" reads its data from 'path' (Parquet or CSV)")
+            derived = [key for key in ("cut", "interact") if getattr(self, key)]
+            if derived:
+                raise ValueError(
+                    f'engine = "dask" does not support {derived[0]!r}: derive the column '
+                    f"in the Parquet files"
+                )
         return self
 
 
@@ -169,6 +196,22 @@ class ModelSpec(_Strict):
     pooling: PoolingSpec | None = None
     output: OutputSpec = OutputSpec()
     source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _dask_steps(self) -> ModelSpec:
+        # A distributed run fits MAP weights; the steps that need every row in memory are
+        # refused by name rather than skipped.
+        if self.data.engine != "dask":
+            return self
+        if self.map.pooling_path:
+            raise ValueError('map.pooling_path is not available with data.engine = "dask"')
+        if self.balance is not None:
+            raise ValueError('[balance] is not available with data.engine = "dask"')
+        if self.posterior.enabled:
+            raise ValueError(
+                'data.engine = "dask" fits MAP weights only: set [posterior] enabled = false'
+            )
+        return self
 
     def map_hyperparameters(self) -> dict[str, float | list[float]]:
         values = self.map.model_dump(exclude={"pooling_path", "max_iterations"})
@@ -282,11 +325,9 @@ def load_data(spec: ModelSpec) -> tuple[pd.DataFrame, object | None]:
     elif data_spec.dataset == "nh0506":
         frame = datasets.load_nh0506()
     else:
-        base = spec.source.parent if spec.source is not None else Path.cwd()
-        data_path = (base / data_spec.path).resolve()
-        if not data_path.exists():
-            raise SpecError(f"data file {str(data_path)!r} (data.path) does not exist")
-        frame = pd.read_csv(data_path)
+        frame = read_table(data_path_of(spec), data_spec.engine)
+        if data_spec.engine == "dask":
+            return frame, None
     frame = frame.copy()
     for name, cut in data_spec.cut.items():
         if cut.column not in frame.columns:
@@ -301,6 +342,33 @@ def load_data(spec: ModelSpec) -> tuple[pd.DataFrame, object | None]:
         levels = _interaction_levels(frame, columns)
         frame[name] = pd.Categorical(combined, categories=levels)
     return frame, study
+
+
+def data_path_of(spec: ModelSpec) -> str:
+    """``data.path`` resolved against the model file's folder; it may hold a glob."""
+    base = spec.source.parent if spec.source is not None else Path.cwd()
+    path = base / spec.data.path
+    path = str(path) if glob.has_magic(str(path)) else str(path.resolve())
+    if not glob.glob(path):
+        raise SpecError(f"data file {path!r} (data.path) does not exist")
+    return path
+
+
+def _is_parquet(path: str) -> bool:
+    return Path(path).is_dir() or path.endswith((".parquet", ".pq"))
+
+
+def read_table(path: str, engine: str = "pandas") -> pd.DataFrame:
+    """A CSV file, a Parquet file, a Parquet directory or a glob of either, as a pandas frame
+    or (``engine="dask"``) a lazy Dask DataFrame with one partition per file or row group."""
+    files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+    parquet = all(_is_parquet(name) for name in files)
+    if engine == "dask":
+        import dask.dataframe as dd
+
+        return dd.read_parquet(files) if parquet else dd.read_csv(files)
+    frames = [pd.read_parquet(name) if parquet else pd.read_csv(name) for name in files]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def _interaction_levels(frame: pd.DataFrame, columns: list[str]) -> list[str]:

@@ -25,7 +25,7 @@ import xarray as xr
 from hierps._version import __version__
 from hierps.calibrated.fit import EFFECT_NAMES, MapResult
 from hierps.design.build import ColumnRoles, Design
-from hierps.exceptions import ArgumentTypeError, ResultFileError
+from hierps.exceptions import ArgumentTypeError, HierpsError, ResultFileError
 
 if TYPE_CHECKING:
     from hierps.posterior.result import PosteriorResult
@@ -285,7 +285,13 @@ def _map_from_tree(tree: xr.DataTree) -> MapResult:
     with warnings.catch_warnings():
         # The fit warned when it was made; loading it says nothing new.
         warnings.simplefilter("ignore")
-        fit = fit_map(design, estimand=str(attrs.get("estimand", "att")), **scales)
+        try:
+            fit = fit_map(design, estimand=str(attrs.get("estimand", "att")), **scales)
+        except (HierpsError, ValueError, TypeError) as error:
+            raise ResultFileError(
+                f"the saved design and scales cannot be solved again ({error}): the file is "
+                f"damaged or was written by an incompatible version"
+            ) from None
     saved = dataset["weight"].to_numpy()
     rebuilt = fit.weights.to_numpy()
     if not np.allclose(rebuilt, saved, rtol=1e-6, atol=1e-12, equal_nan=True):
