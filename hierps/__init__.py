@@ -25,6 +25,8 @@ _LAZY = {
     "pooling_path": "hierps.calibrated.path",
     "PosteriorResult": "hierps.posterior.result",
     "sample": "hierps.posterior.run",
+    "calibration": "hierps.posterior.checks",
+    "sample_prior_predictive": "hierps.posterior.checks",
     "BalanceTable": "hierps.balance.table",
     "balance_table": "hierps.balance.table",
     "Diagnosis": "hierps.mcmc.diagnosis",
@@ -65,6 +67,7 @@ __all__ = [
     "augment",
     "balance_table",
     "build_pymc",
+    "calibration",
     "compare",
     "constraint_weights",
     "datasets",
@@ -77,6 +80,7 @@ __all__ = [
     "pool_catt",
     "pooling_path",
     "sample",
+    "sample_prior_predictive",
     "stand",
 ]
 
@@ -109,6 +113,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from hierps.model import Model
     from hierps.natstrat.constraints import Constraints, generate_constraints, stand
     from hierps.natstrat.weights import ConstraintFit, constraint_weights
+    from hierps.posterior.checks import calibration, sample_prior_predictive
     from hierps.posterior.result import PosteriorResult
     from hierps.posterior.run import sample
     from hierps.pymc_model import build_pymc

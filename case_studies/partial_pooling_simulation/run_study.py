@@ -14,6 +14,9 @@ the ATT and the 20 school CATTs with
 * the posterior of the Bernoulli model (half-normal hyperpriors on sigma_alpha, sigma_beta),
   sampled once with nutpie, summarized with ``uncertainty="propensity"`` and
   ``"bayesian_bootstrap"`` via ``hierps.posterior.from_idata``;
+* the generalized posterior under the calibrated loss (``loss="calibrated"``: the MAP
+  objective with half-normal hyperpriors on sigma_alpha, sigma_beta, sampled the same way),
+  with the Bayesian bootstrap;
 * each of the above with and without augmentation by a Bayesian outcome model (a conjugate
   Gibbs sampler of the default hierps outcome model ``y ~ x + v + (1 | school)`` fit on the
   controls; see ``gibbs_outcome_model``).
@@ -77,7 +80,9 @@ POSTERIOR_METHODS = {
     "Posterior, propensity": "propensity",
     "Posterior, Bayesian bootstrap": "bayesian_bootstrap",
 }
-BASE_METHODS = [*MAP_SIGMA_BETA, *POSTERIOR_METHODS]
+#: The generalized posterior exp(−calibrated loss) × prior, with the Bayesian bootstrap.
+CALIBRATED_METHODS = {"Calibrated-loss posterior, Bayesian bootstrap": "bayesian_bootstrap"}
+BASE_METHODS = [*MAP_SIGMA_BETA, *POSTERIOR_METHODS, *CALIBRATED_METHODS]
 COLUMNS = [
     "seed",
     "method",
@@ -188,14 +193,10 @@ def rows_for(method, seed, labels, truth_catt, truth_att, catt, lo, hi, att, att
     return out
 
 
-def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
-    import arviz as az
-    import nutpie
+def run_one(seed: int, compiled, compiled_calibrated) -> tuple[list[dict], dict]:
 
     import hierps
     from hierps.effects.catt_pooling import hajek_standard_errors, map_standard_errors
-    from hierps.posterior.draws import from_idata
-    from hierps.pymc_model import pattern_data
 
     t_start = time.perf_counter()
     study = hierps.datasets.simulate_multisite(**SIM, seed=seed)
@@ -284,21 +285,68 @@ def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
     # --- posterior: sample once with the compiled model, new data -------------------------
     # The containers the compiled density reads: the likelihood's (group, covariate pattern)
     # counts and the school covariates (the unit-level record is not part of it).
+    idata = sample_compiled(compiled, design, seed)
+    t_nuts = time.perf_counter()
+    diag["divergences"] = int(idata["sample_stats"]["diverging"].sum())
+    diag["max_rhat"], diag["min_ess_bulk"] = convergence(idata)
+    rows += posterior_rows(
+        design, idata, POSTERIOR_METHODS, seed, labels, truth_catt, truth_att, predictions
+    )
+    calibrated = sample_compiled(compiled_calibrated, design, seed)
+    calibrated.attrs["hierps_loss"] = "calibrated"
+    t_calibrated = time.perf_counter()
+    diag["calibrated_divergences"] = int(calibrated["sample_stats"]["diverging"].sum())
+    diag["calibrated_max_rhat"], diag["calibrated_min_ess_bulk"] = convergence(calibrated)
+    rows += posterior_rows(
+        design, calibrated, CALIBRATED_METHODS, seed, labels, truth_catt, truth_att, predictions
+    )
+    t_end = time.perf_counter()
+    diag.update(
+        seconds_total=t_end - t_start,
+        seconds_map=t_map - t_start,
+        seconds_nuts=t_nuts - t_map,
+        seconds_calibrated=t_calibrated - t_nuts,
+    )
+    return rows, diag
+
+
+def sample_compiled(compiled, design, seed: int) -> xr.DataTree:
+    """Sample a model compiled once, on this data set's containers."""
+    import nutpie
+
+    from hierps.pymc_model import pattern_data
+
+    # The containers the compiled density reads: the likelihood's (group, covariate pattern)
+    # counts and the school covariates (the unit-level record is not part of it).
     used = {variable.name for variable in compiled.shared_var_keys}
     data_model = compiled.with_data(
         **{name: value for name, value in pattern_data(design).items() if name in used}
     )
-    idata = nutpie.sample(
+    return nutpie.sample(
         data_model, draws=DRAWS, tune=TUNE, chains=CHAINS, cores=1, seed=seed, progress_bar=False
     )
-    t_nuts = time.perf_counter()
-    diag["divergences"] = int(idata["sample_stats"]["diverging"].sum())
+
+
+def convergence(idata) -> tuple[float, float]:
+    """Largest R-hat and smallest bulk ESS over alpha, beta and the scales."""
+    import arviz as az
+
     posterior = idata["posterior"].to_dataset()[["alpha", "beta", "sigma_alpha", "sigma_beta"]]
     rhat = az.rhat(posterior)
-    diag["max_rhat"] = float(max(float(rhat[v].max()) for v in rhat.data_vars))
     ess = az.ess(posterior, method="bulk")
-    diag["min_ess_bulk"] = float(min(float(ess[v].min()) for v in ess.data_vars))
-    for method, uncertainty in POSTERIOR_METHODS.items():
+    return (
+        float(max(float(rhat[v].max()) for v in rhat.data_vars)),
+        float(min(float(ess[v].min()) for v in ess.data_vars)),
+    )
+
+
+def posterior_rows(design, idata, methods, seed, labels, truth_catt, truth_att, predictions):
+    """Rows of the posterior estimators of one sampled posterior, plain and augmented."""
+    import hierps
+    from hierps.posterior.draws import from_idata
+
+    rows: list[dict] = []
+    for method, uncertainty in methods.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = from_idata(design, idata, uncertainty=uncertainty, random_seed=seed)
@@ -331,11 +379,7 @@ def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
             a["lower"],
             a["upper"],
         )
-    t_end = time.perf_counter()
-    diag.update(
-        seconds_total=t_end - t_start, seconds_map=t_map - t_start, seconds_nuts=t_nuts - t_map
-    )
-    return rows, diag
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,12 +547,16 @@ def main() -> None:
         group_covariates=template.group_covariates,
     ).design
     compiled = nutpie.compile_pymc_model(build_pymc(template_design, loss="bernoulli"))
-    print(f"compiled the NUTS model once in {time.perf_counter() - t0:.1f} s", flush=True)
+    # The generalized posterior: the calibrated loss with the hyperpriors of posterior mode.
+    compiled_calibrated = nutpie.compile_pymc_model(
+        build_pymc(template_design, loss="calibrated", coding="identified")
+    )
+    print(f"compiled the NUTS models once in {time.perf_counter() - t0:.1f} s", flush=True)
 
     for seed in range(args.n):
         if seed in done:
             continue
-        rows, diag = run_one(seed, compiled)
+        rows, diag = run_one(seed, compiled, compiled_calibrated)
         pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(
             PER_DATASET, mode="a", header=not PER_DATASET.exists(), index=False, float_format="%.6g"
         )

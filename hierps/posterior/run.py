@@ -15,8 +15,13 @@ import numpy as np
 
 from hierps.design.build import Design
 from hierps.exceptions import check_choice, warn
-from hierps.mcmc.conventions import check_sampler
+from hierps.mcmc.conventions import check_sampler, show_progress
 from hierps.mcmc.diagnosis import diagnose
+from hierps.posterior.checks import (
+    add_log_likelihood,
+    add_posterior_predictive,
+    sample_prior_predictive,
+)
 from hierps.posterior.draws import check_estimand_loss, from_idata
 from hierps.posterior.result import ESTIMANDS, UNCERTAINTIES, PosteriorResult
 from hierps.pymc_model import LOSSES, build_pymc
@@ -36,7 +41,10 @@ def sample(
     estimand: str = "att",
     target_accept: float = 0.8,
     store_weights: bool = False,
-    progressbar: bool = False,
+    progressbar: bool | None = None,
+    coding: str = "identified",
+    checks: bool = True,
+    prior_draws: int = 500,
     **fixed: float,
 ) -> PosteriorResult:
     """Sample the propensity model with NUTS and compute the effects draw by draw.
@@ -81,7 +89,21 @@ def sample(
         ``8 × chains × draws × n`` bytes each, so it is off by default; the posterior-mean
         weight of every unit is always stored.
     progressbar
-        Show the sampler's progress bar.
+        Show the sampler's progress bar; ``None`` (default): when stderr is a terminal.
+    coding
+        How categorical covariates are parameterized (see :func:`hierps.pymc_model.build_pymc`):
+        ``"identified"`` (default) samples only the coordinates the data identify, with one
+        logit-scale ``sigma_beta`` per categorical, and mixes well; ``"full"`` samples a
+        coefficient and a scale per level, whose flat sum only the prior pins down (slow
+        mixing). With the same scales both give every propensity the same distribution.
+    checks
+        Add the groups the model checks read (Bernoulli loss only; see
+        :mod:`hierps.posterior.checks`): ``log_likelihood`` per (group, covariate pattern)
+        cell, so that ``az.loo`` and ``az.compare`` run, and ``posterior_predictive``
+        (treated counts per group) for :func:`hierps.calibration`.
+    prior_draws
+        Number of draws of the prior and the prior predictive (groups ``prior`` and
+        ``prior_predictive``; Bernoulli loss only); 0 leaves them out.
     **fixed
         Hyperparameters fixed at a number (``sigma_alpha``, ``sigma_beta``,
         ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``); see
@@ -109,17 +131,22 @@ def sample(
             raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
         if value < (0 if name == "tune" else 1):
             raise ValueError(f"{name} must be {'≥ 0' if name == 'tune' else '≥ 1'}, not {value}")
+    if isinstance(prior_draws, bool) or not isinstance(prior_draws, int | np.integer):
+        raise TypeError(f"prior_draws must be an integer, not {type(prior_draws).__name__}")
+    if prior_draws < 0:
+        raise ValueError(f"prior_draws must be ≥ 0, not {prior_draws}")
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must lie strictly between 0 and 1, not {target_accept}")
     import pymc as pm
 
     # Build (and so validate the hyperparameters) before anything slow happens.
-    pymc_model = build_pymc(design, loss=loss, **fixed)
+    pymc_model = build_pymc(design, loss=loss, coding=coding, **fixed)
 
     # The bootstrap draws from the seed sequence itself and the sampler from a child of it,
     # so from_idata(design, result.idata, random_seed=<the same seed>) repeats the bootstrap.
     seeds = np.random.SeedSequence(random_seed)
-    (sampler_seeds,) = seeds.spawn(1)
+    # Children by position: the first seeds the sampler, as before the checks were added.
+    sampler_seeds, predictive_seeds, prior_seeds = seeds.spawn(3)
     with pymc_model:
         idata = pm.sample(
             draws=draws,
@@ -127,7 +154,7 @@ def sample(
             chains=chains,
             random_seed=int(sampler_seeds.generate_state(1)[0]),
             nuts_sampler=sampler,
-            progressbar=progressbar,
+            progressbar=show_progress(progressbar),
             # hierps runs its own checks below and turns them into HierpsWarnings.
             compute_convergence_checks=False,
             nuts={"target_accept": target_accept},
@@ -160,6 +187,19 @@ def sample(
         random_seed=seeds,
         store_weights=store_weights,
     )
+    if loss == "bernoulli" and checks:
+        add_log_likelihood(design, result.idata)
+        add_posterior_predictive(design, result.idata, np.random.default_rng(predictive_seeds))
+    if loss == "bernoulli" and prior_draws:
+        prior = sample_prior_predictive(
+            design,
+            draws=prior_draws,
+            random_seed=np.random.default_rng(prior_seeds),
+            coding=coding,
+            **fixed,
+        )
+        for name in ("prior", "prior_predictive"):
+            result.idata[name] = prior[name].to_dataset()
     result.problems = problems
     return result
 

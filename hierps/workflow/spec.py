@@ -137,12 +137,15 @@ class OutputSpec(_Strict):
     """What to estimate and draw."""
 
     estimands: list[Literal["att", "ate"]] = ["att"]
-    plots: list[Literal["love", "catt", "map_vs_posterior", "pooling_path", "weights"]] = [
+    plots: list[
+        Literal["love", "catt", "map_vs_posterior", "pooling_path", "weights", "calibration"]
+    ] = [
         "love",
         "catt",
         "map_vs_posterior",
         "pooling_path",
         "weights",
+        "calibration",
     ]
     balance_threshold: PositiveFloat = 0.1
 
