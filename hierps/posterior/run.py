@@ -33,7 +33,7 @@ def sample(
     design: Design,
     draws: int = 1000,
     tune: int = 1000,
-    chains: int = 2,
+    chains: int = 4,
     random_seed: int | None = None,
     sampler: str = "nutpie",
     loss: str = "bernoulli",
@@ -55,7 +55,10 @@ def sample(
         The validated design. An outcome is not needed to sample; without one the result
         holds the propensity posterior and the weights, and asking for effects raises.
     draws, tune, chains
-        NUTS draws kept and tuning steps per chain, and the number of chains.
+        NUTS draws kept and tuning steps per chain, and the number of chains. Four chains
+        (run side by side on the available CPUs) make R-hat a sharper check and give the
+        group-level scales of a model with a many-level categorical a bulk ESS above 400
+        (two chains: about 360 on learning mindsets with every covariate).
     random_seed
         Seeds both the sampler and the Bayesian-bootstrap generator (independent streams
         of one :class:`numpy.random.SeedSequence`), so a seed reproduces the whole result.
