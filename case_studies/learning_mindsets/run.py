@@ -54,6 +54,7 @@ def convergence_checks(posterior) -> pd.DataFrame:
             "min bulk ESS": min(float(ess[name].min()) for name in data.data_vars),
         }
     table = pd.DataFrame(rows).T
+    table["min bulk ESS"] = table["min bulk ESS"].round().astype(int)
     table["divergences"] = int(posterior.idata["sample_stats"]["diverging"].sum())
     return table
 

@@ -187,8 +187,8 @@ DEMO = {
         "sigma_beta": 1.0,
         "pooling_path": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
     },
-    # 4 x 2000 draws: intercept and gamma mix slowly here (bulk ESS 430-550 in 4 x 1000).
-    "posterior": {"draws": 2000, "tune": 1000, "chains": 4, "random_seed": 1},
+    # 4 x 3000 draws: intercept and gamma mix slowly here (bulk ESS 430-550 in 4 x 1000).
+    "posterior": {"draws": 3000, "tune": 1000, "chains": 4, "random_seed": 1},
 }
 
 
