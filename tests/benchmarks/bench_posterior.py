@@ -256,12 +256,14 @@ def child_bambi(seed: int, drop_seed: int | None, cores: int | None, model_name:
         if name not in categorical:
             slopes[name] = slope
             continue
-        # Bambi's slope b of the level-1 indicator d: b·d = b·s·x + b·c on hierps' standardized
-        # column x = (d − c)/s of level 1, and level 0 gets slope 0.
+        # Bambi's slope b of the second level's indicator d (the first level is its
+        # reference): b·d = b·s·x + b·c on hierps' standardized column x = (d − c)/s of that
+        # level, and the reference level gets slope 0.
         slope = slope.squeeze([dim for dim in slope.dims if dim not in ("chain", "draw", "group")])
-        center, scale = design.unit_scaling.loc[f"{name}[1]", ["center", "scale"]]
-        slopes[f"{name}[0]"] = xr.zeros_like(slope)
-        slopes[f"{name}[1]"] = slope * scale
+        reference, level = [n for n in design.unit_names if design.unit_sources[n] == name]
+        center, scale = design.unit_scaling.loc[level, ["center", "scale"]]
+        slopes[reference] = xr.zeros_like(slope)
+        slopes[level] = slope * scale
         alpha = alpha + slope * center
     names = list(design.unit_names)
     beta = xr.concat([slopes[name] for name in names], dim="unit_covariate").assign_coords(
