@@ -127,3 +127,9 @@ def test_sampled_result_has_the_workflow_groups_and_they_round_trip(model, tmp_p
     assert prior["prior_predictive"]["group_treated"].sizes["group"] == model.design.n_groups
     with pytest.raises(ValueError, match="loss='calibrated' has no predictive"):
         hierps.sample_prior_predictive(model.design, loss="calibrated")
+
+
+def test_calibrated_loss_with_hyperpriors_warns_before_sampling(model):
+    # The invalid fixed scale stops the call after the warning and before any compilation.
+    with pytest.warns(HierpsWarning, match="improper"), pytest.raises(ValueError):
+        model.sample(loss="calibrated", sigma_mu_beta=-1.0)

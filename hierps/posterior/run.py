@@ -70,7 +70,9 @@ def sample(
     loss
         ``"bernoulli"``: the posterior of the logistic propensity model. ``"calibrated"``:
         the generalized posterior ``exp(−calibrated loss) × prior``, sampled the same way;
-        the control weights are still ``exp(η)``. The calibrated loss is the ATT loss, so it
+        the control weights are still ``exp(η)``. Fix ``sigma_alpha`` and ``sigma_beta`` with
+        it (a warning says why): with their hyperpriors this posterior is improper wherever
+        a group's arms separate. The calibrated loss is the ATT loss, so it
         requires ``estimand="att"``.
     uncertainty
         ``"bayesian_bootstrap"`` (default): propensity uncertainty plus outcome noise through
@@ -140,6 +142,15 @@ def sample(
         raise ValueError(f"prior_draws must be ≥ 0, not {prior_draws}")
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must lie strictly between 0 and 1, not {target_accept}")
+    free_scales = [name for name in ("sigma_alpha", "sigma_beta") if name not in fixed]
+    if loss == "calibrated" and free_scales:
+        warn(
+            f"loss='calibrated' with hyperpriors on {', '.join(free_scales)}: the generalized "
+            f"posterior is improper wherever a group's treated and controls (quasi-)separate "
+            f"(the loss is unbounded below there, and its growth outruns the half-normal "
+            f"hyperprior), and the chains then stick; fix them at numbers, e.g. the MAP's "
+            f"sigma_alpha=1.0, sigma_beta=1.0"
+        )
     import pymc as pm
 
     # Build (and so validate the hyperparameters) before anything slow happens.
