@@ -25,6 +25,8 @@ _LAZY = {
     "pooling_path": "hierps.calibrated.path",
     "PosteriorResult": "hierps.posterior.result",
     "sample": "hierps.posterior.run",
+    "calibration": "hierps.posterior.checks",
+    "sample_prior_predictive": "hierps.posterior.checks",
     "BalanceTable": "hierps.balance.table",
     "overlap": "hierps.balance.overlap",
     "distribution_balance": "hierps.balance.distribution",
@@ -83,6 +85,7 @@ __all__ = [
     "benchmark_r2",
     "bias_contour",
     "build_pymc",
+    "calibration",
     "check_balance",
     "compare",
     "constraint_weights",
@@ -100,6 +103,7 @@ __all__ = [
     "pooling_path",
     "robustness_value",
     "sample",
+    "sample_prior_predictive",
     "sensitivity",
     "sensitivity_r2",
     "stand",
@@ -142,6 +146,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from hierps.natstrat.constraints import Constraints, generate_constraints, stand
     from hierps.natstrat.optimize import OptimizeControlsResult, optimize_controls
     from hierps.natstrat.weights import ConstraintFit, constraint_weights
+    from hierps.posterior.checks import calibration, sample_prior_predictive
     from hierps.posterior.result import PosteriorResult
     from hierps.posterior.run import sample
     from hierps.pymc_model import build_pymc

@@ -17,6 +17,7 @@ from hierps.scale.frames import is_dask_frame
 
 if TYPE_CHECKING:
     import pymc as pm
+    import xarray as xr
 
     from hierps.effects.outcome import OutcomeModel
     from hierps.posterior.result import PosteriorResult
@@ -184,6 +185,19 @@ class Model:
             return fit_map_dask(self.design, **options)
         return fit_map(self.design, **options)
 
+    def sample_prior_predictive(self, **options: object) -> xr.DataTree:
+        """Draw from the prior and the treated counts it implies (groups ``prior``,
+        ``prior_predictive``, ``observed_data``): the check of the priors before sampling.
+
+        ``options`` are the keyword arguments of
+        :func:`hierps.posterior.checks.sample_prior_predictive` (``draws``, ``random_seed``,
+        and hyperparameters fixed at numbers). :meth:`sample` adds the same groups to its
+        result (``prior_draws``).
+        """
+        from hierps.posterior.checks import sample_prior_predictive
+
+        return sample_prior_predictive(self.design, **options)
+
     def sample(
         self, outcome_model: OutcomeModel | str | bool | None = None, **options: object
     ) -> PosteriorResult:
@@ -191,7 +205,9 @@ class Model:
 
         ``options`` are the keyword arguments of :func:`hierps.posterior.run.sample`
         (``draws``, ``tune``, ``chains``, ``random_seed``, ``sampler``, ``loss``,
-        ``uncertainty``, ``estimand``, ``target_accept``, ``store_weights``, ``progressbar``,
+        ``uncertainty``, ``estimand``, ``target_accept``, ``store_weights``, ``progressbar``
+        (default: a progress bar when stderr is a terminal), ``coding``, ``checks``,
+        ``prior_draws``,
         and hyperparameters fixed at numbers: ``sigma_alpha``, ``sigma_beta``,
         ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``); an unknown one raises
         ``TypeError``.
@@ -219,7 +235,7 @@ class Model:
         # The outcome model reuses the seed and progress setting of the propensity fit.
         shared = {
             "random_seed": options.get("random_seed"),
-            "progressbar": options.get("progressbar", False),
+            "progressbar": options.get("progressbar"),
         }
         if outcome_model is True:
             outcome_model = fit_outcome_model(self.design, **shared)

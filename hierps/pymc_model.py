@@ -21,6 +21,7 @@ import pytensor.tensor as pt
 from hierps.design.build import Design
 from hierps.design.hyperparameters import FIXED_SCALE_DEFAULTS, HYPERPRIOR_SCALES, check_fixed
 from hierps.exceptions import ArgumentError
+from hierps.pymc_coding import CODINGS, coding_of, identified_deviations, identified_normal
 
 __all__ = ["LOSSES", "Patterns", "build_pymc", "compress", "coords_of", "pattern_data"]
 
@@ -88,7 +89,9 @@ def pattern_data(design: Design) -> dict[str, np.ndarray]:
 
     Pass them to ``pm.set_data(pattern_data(new_design), coords=coords_of(new_design))`` to
     reuse a built model on other data with the same groups and covariates: the likelihood
-    reads the pattern containers, which must change together with the unit containers.
+    reads the pattern containers, which must change together with the unit containers. (The
+    identified coding of categorical covariates is built from the first design's column
+    scales; on other data it remains a valid model but not exactly that coding.)
     """
     patterns = compress(design)
     values = {
@@ -140,7 +143,11 @@ def coords_of(design: Design, patterns: Patterns | None = None) -> dict[str, lis
 
 
 def build_pymc(
-    design: Design, loss: str = "bernoulli", patterns: Patterns | None = None, **fixed: float
+    design: Design,
+    loss: str = "bernoulli",
+    coding: str | None = None,
+    patterns: Patterns | None = None,
+    **fixed: float,
 ) -> pm.Model:
     """Build the hierarchical logistic propensity model in PyMC.
 
@@ -176,6 +183,18 @@ def build_pymc(
         The design's :class:`Patterns`, when computed elsewhere (a Dask design's cells,
         :func:`hierps.scale.dask_cells.cells_of`); the unit-level containers are then left
         out if the design holds no unit rows.
+    coding
+        How categorical covariates enter. ``"identified"`` (default with the Bernoulli
+        likelihood): every level keeps its coefficient in ``mu_beta``, ``gamma`` and ``beta``,
+        but only the ``K − 1`` coordinates a categorical's levels identify are sampled
+        (``mu_beta_contrast``, ``gamma_contrast``, and ``beta_offset`` over
+        ``varying_contrast``); for fixed scales every propensity has exactly the
+        distribution it has under the all-levels model (see :mod:`hierps.design.coding`).
+        With the hyperprior, ``sigma_beta`` has one entry per varying covariate (dim
+        ``varying_scale``): a categorical's levels share one, the SD of the group deviations
+        of every level on the logit scale. ``"full"`` (default with the calibrated loss):
+        independent coefficients and scales for all levels, the parameterization the MAP
+        solver works in. Designs without categorical covariates are the same either way.
     **fixed
         Hyperparameters to fix at a number: ``sigma_alpha``, ``sigma_beta`` (one number or
         one per varying slope), ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``.
@@ -188,6 +207,11 @@ def build_pymc(
     """
     if loss not in LOSSES:
         raise ArgumentError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
+    if coding is None:
+        coding = "identified" if loss == "bernoulli" else "full"
+    if coding not in CODINGS:
+        raise ArgumentError(f"coding={coding!r} is not one of {', '.join(CODINGS)}")
+    blocks = coding_of(design) if coding == "identified" else None
     varying_index = np.flatnonzero(design.varying)
     values = check_fixed(fixed, len(varying_index))
     scales = {**FIXED_SCALE_DEFAULTS, **values}
@@ -212,7 +236,17 @@ def build_pymc(
             group_design = pm.Data(
                 "group_design", design.group_matrix, dims=("group", "group_covariate")
             )
-            gamma = pm.Normal("gamma", 0.0, scales["sigma_gamma"], dims="group_covariate")
+            if blocks is not None and blocks.group:
+                model.add_coord("group_contrast", blocks.group_free)
+                gamma = identified_normal(
+                    "gamma",
+                    scales["sigma_gamma"],
+                    len(design.group_names),
+                    blocks.group,
+                    dims=("group_covariate", "group_contrast"),
+                )
+            else:
+                gamma = pm.Normal("gamma", 0.0, scales["sigma_gamma"], dims="group_covariate")
             # A broadcast product summed, not pt.dot: numba lowers Dot to a BLAS call whose
             # wrapper code is large, and nutpie re-links and re-optimizes the whole logp
             # graph in every process, so Dot alone costs seconds of compilation per fit.
@@ -228,21 +262,47 @@ def build_pymc(
             pattern_design = pm.Data(
                 "pattern_design", patterns.design, dims=("pattern", "unit_covariate")
             )
-            mu_beta = pm.Normal("mu_beta", 0.0, scales["sigma_mu_beta"], dims="unit_covariate")
+            if blocks is not None and blocks.unit:
+                model.add_coord("unit_contrast", blocks.unit_free)
+                mu_beta = identified_normal(
+                    "mu_beta",
+                    scales["sigma_mu_beta"],
+                    n_unit,
+                    blocks.unit,
+                    dims=("unit_covariate", "unit_contrast"),
+                )
+            else:
+                mu_beta = pm.Normal("mu_beta", 0.0, scales["sigma_mu_beta"], dims="unit_covariate")
+            if len(varying_index) > 0:
+                if blocks is not None and blocks.varying and "sigma_beta" not in values:
+                    # One scale per covariate; a categorical's is the SD of the level deviations
+                    # on the logit scale (see hierps.pymc_coding.Coding).
+                    model.add_coord("varying_scale", blocks.varying_scales)
+                    shared = pm.HalfNormal(
+                        "sigma_beta", HYPERPRIOR_SCALES["sigma_beta"], dims="varying_scale"
+                    )
+                    sigma_beta = shared[blocks.scale_index] * blocks.scale_multiplier
+                else:
+                    sigma_beta = _scale(values, "sigma_beta", dims="varying_covariate")
+                if blocks is not None and blocks.varying:
+                    model.add_coord("varying_contrast", blocks.varying_free)
+                    beta_offset = pm.Normal(
+                        "beta_offset", 0.0, 1.0, dims=("group", "varying_contrast")
+                    )
+                    scaled = identified_deviations(
+                        beta_offset, sigma_beta, len(varying_index), blocks.varying
+                    )
+                else:
+                    beta_offset = pm.Normal(
+                        "beta_offset", 0.0, 1.0, dims=("group", "varying_covariate")
+                    )
+                    scaled = sigma_beta * beta_offset
             if len(varying_index) == n_unit:
                 # Every slope varies: no scatter into a zero matrix (a smaller gradient graph).
-                sigma_beta = _scale(values, "sigma_beta", dims="varying_covariate")
-                beta_offset = pm.Normal(
-                    "beta_offset", 0.0, 1.0, dims=("group", "varying_covariate")
-                )
-                beta_value = mu_beta + sigma_beta * beta_offset
+                beta_value = mu_beta + scaled
             elif len(varying_index) > 0:
-                sigma_beta = _scale(values, "sigma_beta", dims="varying_covariate")
-                beta_offset = pm.Normal(
-                    "beta_offset", 0.0, 1.0, dims=("group", "varying_covariate")
-                )
                 deviation = pt.zeros((n_groups, n_unit))
-                deviation = pt.set_subtensor(deviation[:, varying_index], sigma_beta * beta_offset)
+                deviation = pt.set_subtensor(deviation[:, varying_index], scaled)
                 beta_value = mu_beta + deviation
             else:
                 beta_value = pt.broadcast_to(mu_beta, (n_groups, n_unit))

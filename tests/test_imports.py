@@ -14,7 +14,9 @@ import pytest
 # The posterior, formula-model and plotting stack: never needed to import hierps.
 HEAVY = ("pymc", "pytensor", "bambi", "arviz", "matplotlib", "nutpie")
 # Public names that need PyMC or matplotlib by design.
-HEAVY_NAMES = {"build_pymc", "sample", "plots"}
+# Names that build or read PyMC models (calibration shares its module with the prior
+# predictive, and a posterior to check has loaded PyMC already).
+HEAVY_NAMES = {"build_pymc", "sample", "sample_prior_predictive", "calibration", "plots"}
 
 
 def run_python(code: str) -> dict:

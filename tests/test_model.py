@@ -52,7 +52,8 @@ def gaussian_constant(point, scales):
 
 
 def test_names_dims_and_data_containers(model):
-    pymc_model = model.build_pymc()
+    # The all-levels coding; the identified one is checked in test_coding.py.
+    pymc_model = model.build_pymc(coding="full")
     assert {rv.name for rv in pymc_model.free_RVs} == {
         "intercept",
         "gamma",
@@ -84,7 +85,7 @@ def test_fixed_hyperparameters_are_constants(model, calibrated):
 
 @pytest.mark.slow
 def test_bernoulli_density_matches_numpy(model):
-    pymc_model = model.build_pymc(loss="bernoulli", **FIXED)
+    pymc_model = model.build_pymc(loss="bernoulli", coding="full", **FIXED)
     rng = np.random.default_rng(0)
     logp = pymc_model.compile_logp()
     d = model.design
@@ -221,7 +222,7 @@ def test_compressed_likelihood_is_the_per_unit_sum(discrete_model, loss):
     """The likelihood term on patterns = the per-unit Bernoulli log-likelihood (no binomial
     coefficients), or minus the per-unit calibrated loss."""
     d = discrete_model.design
-    pymc_model = discrete_model.build_pymc(loss=loss, **FIXED)
+    pymc_model = discrete_model.build_pymc(loss=loss, coding="full", **FIXED)
     term = pymc_model["treated" if loss == "bernoulli" else "calibrated_loss"]
     likelihood = pymc_model.compile_fn(pymc_model.logp(vars=[term]), point_fn=True)
     rng = np.random.default_rng(7)
@@ -275,9 +276,10 @@ def test_pattern_data_moves_a_built_model_to_other_rows(discrete_model):
         varying_slopes=["x1", "c1"],
     )
     assert list(other.design.groups) == list(d.groups)
-    built = discrete_model.build_pymc(**FIXED)
+    # The identified coding bakes in the design's column scales; "full" has no such constants.
+    built = discrete_model.build_pymc(coding="full", **FIXED)
     with built:
         pm.set_data(pattern_data(other.design), coords=coords_of(other.design))
-    direct = other.build_pymc(**FIXED)
+    direct = other.build_pymc(coding="full", **FIXED)
     point = random_point(direct, np.random.default_rng(3))
     assert built.compile_logp()(point) == pytest.approx(direct.compile_logp()(point), rel=1e-12)

@@ -15,6 +15,9 @@ the ATT and the 20 school CATTs with
 * the posterior of the Bernoulli model (half-normal hyperpriors on sigma_alpha, sigma_beta),
   sampled once with nutpie, summarized with ``uncertainty="propensity"`` and
   ``"bayesian_bootstrap"`` via ``hierps.posterior.from_idata``;
+* the generalized posterior under the calibrated loss (``loss="calibrated"``: the MAP
+  objective with half-normal hyperpriors on sigma_alpha, sigma_beta, sampled the same way),
+  with the Bayesian bootstrap;
 * each of the above with and without augmentation by a Bayesian outcome model (a conjugate
   Gibbs sampler of the default hierps outcome model ``y ~ x + v + (1 | school)`` fit on the
   controls; see ``gibbs_outcome_model``).
@@ -78,7 +81,14 @@ POSTERIOR_METHODS = {
     "Posterior, propensity": "propensity",
     "Posterior, Bayesian bootstrap": "bayesian_bootstrap",
 }
-BASE_METHODS = [*MAP_SIGMA_BETA, *POSTERIOR_METHODS]
+#: The generalized posterior exp(−calibrated loss) × prior, with the Bayesian bootstrap, at the
+#: MAP's default scales: with half-normal hyperpriors on σ_α, σ_β it is improper (the loss is
+#: unbounded below where a school's treated and controls separate, and exp(linear) × N(0, σ²)
+#: integrates to exp(c²σ²/2), which outgrows the hyperprior): in 49 data sets the chains
+#: stuck (median max R-hat 3.05, ~500 of 800 transitions divergent).
+CALIBRATED_SIGMA = {"sigma_alpha": 1.0, "sigma_beta": 1.0}
+CALIBRATED_METHODS = {"Calibrated-loss posterior σβ=1, Bayesian bootstrap": "bayesian_bootstrap"}
+BASE_METHODS = [*MAP_SIGMA_BETA, *POSTERIOR_METHODS, *CALIBRATED_METHODS]
 COLUMNS = [
     "seed",
     "method",
@@ -189,14 +199,48 @@ def rows_for(method, seed, labels, truth_catt, truth_att, catt, lo, hi, att, att
     return out
 
 
-def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
-    import arviz as az
-    import nutpie
+def calibrated_only(seed: int, compiled_calibrated) -> tuple[list[dict], dict]:
+    """The calibrated-loss rows of one data set (the same data and outcome draws as run_one)."""
+    import hierps
+
+    study = hierps.datasets.simulate_multisite(**SIM, seed=seed)
+    design = hierps.Model(
+        study.data,
+        treatment=study.treatment,
+        group=study.group,
+        outcome=study.outcome,
+        unit_covariates=study.unit_covariates,
+        group_covariates=study.group_covariates,
+    ).design
+    labels = [str(g) for g in design.groups]
+    truth_catt = study.catt.reindex(design.groups).to_numpy()
+    predictions = gibbs_outcome_model(design, OUTCOME_DRAWS, OUTCOME_BURN, seed=10_000 + seed)
+    started = time.perf_counter()
+    calibrated = sample_compiled(compiled_calibrated, design, seed)
+    calibrated.attrs["hierps_loss"] = "calibrated"
+    diag = {
+        "seed": seed,
+        "calibrated_divergences": int(calibrated["sample_stats"]["diverging"].sum()),
+        "seconds_calibrated": time.perf_counter() - started,
+    }
+    diag["calibrated_max_rhat"], diag["calibrated_min_ess_bulk"] = convergence(calibrated)
+    rows = posterior_rows(
+        design,
+        calibrated,
+        CALIBRATED_METHODS,
+        seed,
+        labels,
+        truth_catt,
+        float(study.att),
+        predictions,
+    )
+    return rows, diag
+
+
+def run_one(seed: int, compiled, compiled_calibrated) -> tuple[list[dict], dict]:
 
     import hierps
     from hierps.effects.catt_pooling import hajek_standard_errors, map_standard_errors
-    from hierps.posterior.draws import from_idata
-    from hierps.pymc_model import pattern_data
 
     t_start = time.perf_counter()
     study = hierps.datasets.simulate_multisite(**SIM, seed=seed)
@@ -285,21 +329,70 @@ def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
     # --- posterior: sample once with the compiled model, new data -------------------------
     # The containers the compiled density reads: the likelihood's (group, covariate pattern)
     # counts and the school covariates (the unit-level record is not part of it).
+    idata = sample_compiled(compiled, design, seed)
+    t_nuts = time.perf_counter()
+    diag["divergences"] = int(idata["sample_stats"]["diverging"].sum())
+    diag["max_rhat"], diag["min_ess_bulk"] = convergence(idata)
+    rows += posterior_rows(
+        design, idata, POSTERIOR_METHODS, seed, labels, truth_catt, truth_att, predictions
+    )
+    calibrated = sample_compiled(compiled_calibrated, design, seed)
+    calibrated.attrs["hierps_loss"] = "calibrated"
+    t_calibrated = time.perf_counter()
+    diag["calibrated_divergences"] = int(calibrated["sample_stats"]["diverging"].sum())
+    diag["calibrated_max_rhat"], diag["calibrated_min_ess_bulk"] = convergence(calibrated)
+    rows += posterior_rows(
+        design, calibrated, CALIBRATED_METHODS, seed, labels, truth_catt, truth_att, predictions
+    )
+    t_end = time.perf_counter()
+    diag.update(
+        seconds_total=t_end - t_start,
+        seconds_map=t_map - t_start,
+        seconds_nuts=t_nuts - t_map,
+        seconds_calibrated=t_calibrated - t_nuts,
+    )
+    return rows, diag
+
+
+def sample_compiled(compiled, design, seed: int) -> xr.DataTree:
+    """Sample a model compiled once, on this data set's containers."""
+    import nutpie
+
+    from hierps.pymc_model import pattern_data
+
+    # The containers the compiled density reads: the likelihood's (group, covariate pattern)
+    # counts and the school covariates (the unit-level record is not part of it).
     used = {variable.name for variable in compiled.shared_var_keys}
     data_model = compiled.with_data(
         **{name: value for name, value in pattern_data(design).items() if name in used}
     )
-    idata = nutpie.sample(
+    return nutpie.sample(
         data_model, draws=DRAWS, tune=TUNE, chains=CHAINS, cores=1, seed=seed, progress_bar=False
     )
-    t_nuts = time.perf_counter()
-    diag["divergences"] = int(idata["sample_stats"]["diverging"].sum())
-    posterior = idata["posterior"].to_dataset()[["alpha", "beta", "sigma_alpha", "sigma_beta"]]
+
+
+def convergence(idata) -> tuple[float, float]:
+    """Largest R-hat and smallest bulk ESS over alpha, beta and the scales (where sampled)."""
+    import arviz as az
+
+    posterior = idata["posterior"].to_dataset()
+    names = [n for n in ("alpha", "beta", "sigma_alpha", "sigma_beta") if n in posterior]
+    posterior = posterior[names]
     rhat = az.rhat(posterior)
-    diag["max_rhat"] = float(max(float(rhat[v].max()) for v in rhat.data_vars))
     ess = az.ess(posterior, method="bulk")
-    diag["min_ess_bulk"] = float(min(float(ess[v].min()) for v in ess.data_vars))
-    for method, uncertainty in POSTERIOR_METHODS.items():
+    return (
+        float(max(float(rhat[v].max()) for v in rhat.data_vars)),
+        float(min(float(ess[v].min()) for v in ess.data_vars)),
+    )
+
+
+def posterior_rows(design, idata, methods, seed, labels, truth_catt, truth_att, predictions):
+    """Rows of the posterior estimators of one sampled posterior, plain and augmented."""
+    import hierps
+    from hierps.posterior.draws import from_idata
+
+    rows: list[dict] = []
+    for method, uncertainty in methods.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = from_idata(design, idata, uncertainty=uncertainty, random_seed=seed)
@@ -332,11 +425,7 @@ def run_one(seed: int, compiled) -> tuple[list[dict], dict]:
             a["lower"],
             a["upper"],
         )
-    t_end = time.perf_counter()
-    diag.update(
-        seconds_total=t_end - t_start, seconds_map=t_map - t_start, seconds_nuts=t_nuts - t_map
-    )
-    return rows, diag
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,11 +558,46 @@ def write_summary() -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
+def recompute_calibrated(seeds: list[int], compiled_calibrated, t0: float) -> None:
+    """Replace the calibrated-loss rows of ``seeds`` in the CSVs, data set by data set; the
+    seeds not reached keep no calibrated rows (the summary counts the data sets per method)."""
+    per = pd.read_csv(PER_DATASET)
+    per = per[~per["method"].str.startswith("Calibrated")]
+    diagnostics = pd.read_csv(DIAGNOSTICS)
+    diagnostics = diagnostics.drop(
+        columns=[c for c in diagnostics if c.startswith(("calibrated_", "seconds_calibrated"))]
+    )
+    per.to_csv(PER_DATASET, index=False, float_format="%.6g")
+    diagnostics.to_csv(DIAGNOSTICS, index=False, float_format="%.6g")
+    new: list[dict] = []
+    for seed in seeds:
+        rows, diag = calibrated_only(seed, compiled_calibrated)
+        pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(
+            PER_DATASET, mode="a", header=False, index=False, float_format="%.6g"
+        )
+        new.append(diag)
+        diagnostics.merge(pd.DataFrame(new), on="seed", how="left").to_csv(
+            DIAGNOSTICS, index=False, float_format="%.6g"
+        )
+        print(
+            f"seed {seed}: calibrated {diag['seconds_calibrated']:.1f} s, "
+            f"{diag['calibrated_divergences']} divergences, max R-hat "
+            f"{diag['calibrated_max_rhat']:.3f}; elapsed {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+    write_summary()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100, help="number of data sets (seeds 0..n-1)")
     parser.add_argument("--resume", action="store_true", help="skip seeds already in the CSV")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument(
+        "--calibrated-only",
+        action="store_true",
+        help="recompute only the calibrated-loss rows of the data sets already in the CSV",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     FIGURES.mkdir(exist_ok=True)
@@ -487,7 +611,9 @@ def main() -> None:
     from hierps.pymc_model import build_pymc
 
     done: set[int] = set()
-    if args.resume and PER_DATASET.exists():
+    if args.calibrated_only:
+        done = set(pd.read_csv(PER_DATASET, usecols=["seed"])["seed"].unique())
+    elif args.resume and PER_DATASET.exists():
         done = set(pd.read_csv(PER_DATASET, usecols=["seed"])["seed"].unique())
     elif PER_DATASET.exists():
         PER_DATASET.unlink()
@@ -504,12 +630,19 @@ def main() -> None:
         group_covariates=template.group_covariates,
     ).design
     compiled = nutpie.compile_pymc_model(build_pymc(template_design, loss="bernoulli"))
-    print(f"compiled the NUTS model once in {time.perf_counter() - t0:.1f} s", flush=True)
+    # The generalized posterior: the calibrated loss at the MAP's default scales.
+    compiled_calibrated = nutpie.compile_pymc_model(
+        build_pymc(template_design, loss="calibrated", coding="identified", **CALIBRATED_SIGMA)
+    )
+    print(f"compiled the NUTS models once in {time.perf_counter() - t0:.1f} s", flush=True)
 
+    if args.calibrated_only:
+        recompute_calibrated(sorted(done)[: args.n], compiled_calibrated, t0)
+        return
     for seed in range(args.n):
         if seed in done:
             continue
-        rows, diag = run_one(seed, compiled)
+        rows, diag = run_one(seed, compiled, compiled_calibrated)
         pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(
             PER_DATASET, mode="a", header=not PER_DATASET.exists(), index=False, float_format="%.6g"
         )

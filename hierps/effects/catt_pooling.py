@@ -29,7 +29,7 @@ from hierps.calibrated.fit import MapResult
 from hierps.design.build import Design, _close_matches, _list_labels
 from hierps.effects.estimands import GroupSums
 from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, HierpsWarning, warn
-from hierps.mcmc.conventions import CI_PROB, check_sampler
+from hierps.mcmc.conventions import CI_PROB, check_sampler, show_progress
 from hierps.mcmc.diagnosis import diagnose
 from hierps.mcmc.summary import summarize_draws
 
@@ -204,7 +204,7 @@ def pool_catt(
     random_seed: int | None = None,
     sampler: str = "nutpie",
     ci_prob: float = CI_PROB,
-    progressbar: bool = True,
+    progressbar: bool | None = None,
 ) -> PooledCATT:
     """Pool group CATTs with a normal hierarchical model and estimate their moderators.
 
@@ -231,7 +231,7 @@ def pool_catt(
     ci_prob
         Probability of the equal-tailed intervals (default 0.9).
     progressbar
-        Show the sampler's progress bar.
+        Show the sampler's progress bar; ``None`` (default): when stderr is a terminal.
 
     Returns
     -------
@@ -461,7 +461,7 @@ def _sample(
             chains=chains,
             random_seed=random_seed,
             nuts_sampler=sampler,
-            progressbar=progressbar,
+            progressbar=show_progress(progressbar),
         )
 
 

@@ -28,7 +28,7 @@ from hierps.calibrated.fit import MapResult
 from hierps.design.build import Design
 from hierps.effects.estimands import GroupSums, att_from_catt, catt_from_weights
 from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, HierpsWarning, warn
-from hierps.mcmc.conventions import CI_PROB, check_sampler
+from hierps.mcmc.conventions import CI_PROB, check_sampler, show_progress
 from hierps.mcmc.diagnosis import diagnose
 from hierps.mcmc.summary import summarize_draws
 
@@ -151,7 +151,7 @@ def fit_outcome_model(
     chains: int = 2,
     random_seed: int | None = None,
     sampler: str = "nutpie",
-    progressbar: bool = True,
+    progressbar: bool | None = None,
 ) -> OutcomeModel:
     """Fit a Bayesian outcome model on the controls and predict ``m(x)`` for every unit.
 
@@ -179,7 +179,7 @@ def fit_outcome_model(
     sampler
         ``"nutpie"`` (default) or ``"pymc"``.
     progressbar
-        Show the sampler's progress bar.
+        Show the sampler's progress bar; ``None`` (default): when stderr is a terminal.
 
     Returns
     -------
@@ -218,7 +218,7 @@ def fit_outcome_model(
         chains=chains,
         random_seed=random_seed,
         inference_method=sampler,
-        progressbar=progressbar,
+        progressbar=show_progress(progressbar),
     )
     for problem in diagnose(idata).problems:
         warn(f"the outcome model's sampler reports: {problem}")

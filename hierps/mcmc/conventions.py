@@ -7,6 +7,7 @@ changed here changes every verdict at once.
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from hierps.exceptions import ArgumentError
 
@@ -22,6 +23,7 @@ __all__ = [
     "SAMPLE_DIMS",
     "TREEDEPTH_STATS",
     "check_sampler",
+    "show_progress",
 ]
 
 #: Probability of every equal-tailed interval hierps reports (effects, SMDs, ESS).
@@ -71,3 +73,19 @@ def check_sampler(sampler: object, allowed: tuple[str, ...] = tuple(SAMPLERS)) -
             f"installed: pip install {' '.join(missing)} — or use sampler='nutpie' or 'pymc'"
         )
     return sampler
+
+
+def show_progress(progressbar: bool | None) -> bool:
+    """Whether a sampler shows its progress bar: as asked, else when stderr is a terminal.
+
+    ``None`` (every default in hierps) follows PyMC's convention: a bar on an interactive
+    terminal, quiet in logs, pipes, CI and tests. A Jupyter kernel's stderr is no terminal,
+    so notebooks ask with ``progressbar=True``.
+    """
+    if progressbar is not None:
+        return bool(progressbar)
+    stream = sys.stderr
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False

@@ -184,7 +184,6 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
             draws=spec.pooling.draws,
             tune=spec.pooling.tune,
             random_seed=spec.pooling.random_seed,
-            progressbar=False,
         )
 
     return AnalysisResult(

@@ -207,8 +207,18 @@ def main(
 
 
 def _run(spec, out: Path | None, sample: bool | None):
+    from hierps.mcmc.conventions import show_progress
     from hierps.workflow.analysis import run_analysis
 
+    if show_progress(None):
+        # The samplers draw their own progress bars, and rich allows one live display at a
+        # time: print the steps instead of a spinner.
+        return run_analysis(
+            spec,
+            out_dir=out,
+            sample=sample,
+            report=lambda message: console.print(f"[dim]{message} …[/dim]"),
+        )
     with console.status("starting") as status:
         result = run_analysis(
             spec, out_dir=out, sample=sample, report=lambda message: status.update(message)
@@ -290,12 +300,17 @@ def _fit_into(spec, out: Path, sample: bool | None, state: dict):
 def demo(
     out: Path = typer.Option(Path("results/demo"), help="Where to write the report."),
     sample: bool = typer.Option(True, help="Also sample the posterior with NUTS."),
+    seed: int = typer.Option(1, help="Seed of the samplers (the simulated study is fixed)."),
 ) -> None:
     """Simulate a multi-site study with known effects, fit MAP and posterior, compare to truth."""
     with _exit_codes(out) as state:
         from hierps.workflow.spec import demo_spec
 
         spec = demo_spec()
+        update = {"posterior": spec.posterior.model_copy(update={"random_seed": seed})}
+        if spec.pooling is not None:
+            update["pooling"] = spec.pooling.model_copy(update={"random_seed": seed})
+        spec = spec.model_copy(update=update)
         result = _fit_into(spec, out, sample, state)
         console.print(f"[bold]{escape(spec.description)}[/bold]")
         console.print(escape(result.model.summary()))

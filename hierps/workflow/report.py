@@ -69,7 +69,13 @@ def _figures(result: AnalysisResult, directory: Path) -> dict[str, Path]:
             keep("pooling_path", plots.plot_pooling_path(result.path_table, chosen=chosen)[0])
         if "weights" in wanted:
             keep("weights", plots.plot_weights(fit)[0])
+        if "calibration" in wanted and posterior is not None and _has_predictive(posterior):
+            keep("calibration", plots.plot_calibration(posterior)[0])
     return figures
+
+
+def _has_predictive(posterior) -> bool:
+    return "posterior_predictive" in posterior.idata.children
 
 
 def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
@@ -119,6 +125,28 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
     )
     files.append(out_dir / "report.md")
     return files
+
+
+def _calibration_lines(posterior) -> list[str]:
+    """The calibration check: observed treated shares against their predictive intervals."""
+    if not _has_predictive(posterior):
+        return []
+    from hierps.posterior.checks import calibration
+
+    table = calibration(posterior)
+    outside = table[table["outside"]]
+    prob = table.attrs["prob"]
+    lines = [
+        "### Calibration of the propensity model",
+        "",
+        f"Observed treated share of each group against its {prob:.0%} posterior predictive "
+        f"interval: {len(outside)} of {len(table)} groups fall outside (about "
+        f"{(1 - prob) * len(table):.0f} expected of a calibrated model).",
+        "",
+    ]
+    if len(outside):
+        lines += [markdown_table(outside.drop(columns="outside")), ""]
+    return lines
 
 
 def _report_text(
@@ -211,6 +239,7 @@ def _report_text(
             str(diagnose(posterior)),
             "```",
             "",
+            *_calibration_lines(posterior),
             "### MAP vs posterior",
             "",
         ]

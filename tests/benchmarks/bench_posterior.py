@@ -1,11 +1,15 @@
 """Posterior-mode benchmark: hierps' NUTS posterior against Bambi + nutpie on the same model.
 
-Run: ``.venv/bin/python tests/benchmarks/bench_posterior.py [--repeats 3] [--new-data]`` (not
-part of the test suite; one to two minutes per repeat on two cores).
+Run: ``.venv/bin/python tests/benchmarks/bench_posterior.py [--repeats 3] [--new-data]
+[--models numeric c2_categorical]`` (not part of the test suite; one to two minutes per fit on
+two cores).
 
 Data: the learning-mindsets study (10,391 students in 76 schools), treatment ``Z``, the three
 student covariates ``S3``, ``C2``, ``C3`` with varying slopes and the school covariates
-``X1``–``X5``; 2 chains × (1,000 tuning + 1,000 kept) draws with nutpie for both peers.
+``X1``–``X5``; 2 chains × (1,000 tuning + 1,000 kept) draws with nutpie for both peers. Two
+models: ``numeric`` (C2, a binary code, as a number) and ``c2_categorical`` (C2 declared
+categorical: hierps samples both levels in its identified coding, Bambi codes the factor with
+reduced rank; the same model for the propensities, so the same CATTs).
 
 Bambi fits ``Z ~ 1 + S3 + C2 + C3 + X1 + … + X5 + (1 + S3 + C2 + C3 | schoolid)``, family
 bernoulli, on hierps' standardized covariates with hierps' priors (no centring, no auto-scaling,
@@ -58,6 +62,10 @@ DRAWS, TUNE, CHAINS = 1000, 1000, 2
 UNIT = ["S3", "C2", "C3"]
 SCHOOL = ["X1", "X2", "X3", "X4", "X5"]
 FORMULA = "Z ~ 1 + S3 + C2 + C3 + X1 + X2 + X3 + X4 + X5 + (1 + S3 + C2 + C3 | schoolid)"
+#: The benchmark's models: C2 (binary) as a number, or declared categorical. hierps codes the
+#: factor with both levels in the identified coding; Bambi with reduced rank (level 1 against
+#: level 0), in the common and the school-level terms alike. The formula is the same.
+MODELS = {"numeric": [], "c2_categorical": ["C2"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,7 +73,7 @@ FORMULA = "Z ~ 1 + S3 + C2 + C3 + X1 + X2 + X3 + X4 + X5 + (1 + S3 + C2 + C3 | s
 # --------------------------------------------------------------------------------------------
 
 
-def _model(drop_seed: int | None = None) -> hierps.Model:
+def _model(drop_seed: int | None = None, model: str = "numeric") -> hierps.Model:
     """The benchmark's hierps model (hierps is imported in the children only).
 
     With ``drop_seed``, 20 students chosen by that seed are left out: data that no earlier
@@ -84,6 +92,7 @@ def _model(drop_seed: int | None = None) -> hierps.Model:
         outcome="Y",
         unit_covariates=UNIT,
         group_covariates=SCHOOL,
+        categorical=MODELS[model],
     )
 
 
@@ -127,14 +136,14 @@ def _preload() -> None:
     import pymc  # noqa: F401
 
 
-def child_hierps(seed: int, drop_seed: int | None) -> dict:
+def child_hierps(seed: int, drop_seed: int | None, model_name: str) -> dict:
     import warnings
 
     from hierps.exceptions import HierpsWarning
     from hierps.posterior.draws import from_idata
 
     _preload()
-    model = _model(drop_seed)
+    model = _model(drop_seed, model_name)
     design = model.design
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -164,7 +173,7 @@ def child_hierps(seed: int, drop_seed: int | None) -> dict:
     }
 
 
-def child_bambi(seed: int, drop_seed: int | None, cores: int | None) -> dict:
+def child_bambi(seed: int, drop_seed: int | None, cores: int | None, model_name: str) -> dict:
     import warnings
 
     import bambi as bmb
@@ -176,7 +185,9 @@ def child_bambi(seed: int, drop_seed: int | None, cores: int | None) -> dict:
     from hierps.posterior.draws import from_idata
 
     _preload()
-    design = _model(drop_seed).design
+    hierps_model = _model(drop_seed, model_name)
+    design = hierps_model.design
+    categorical = MODELS[model_name]
     schools = np.asarray(design.groups).astype(str)
     # hierps' standardized covariates, the school ones repeated on their students.
     frame = pd.concat(
@@ -190,6 +201,10 @@ def child_bambi(seed: int, drop_seed: int | None, cores: int | None) -> dict:
         ],
         axis=1,
     )
+    for name in categorical:
+        # Bambi codes a categorical column with reduced rank (its first level the reference).
+        raw = hierps_model.data.loc[design.index, name]
+        frame[name] = pd.Categorical(raw.astype(int).astype(str))
     frame["Z"] = design.treatment.astype(int)
     frame["schoolid"] = pd.Categorical(schools[design.group_codes], categories=schools)
     # hierps' priors: intercept N(0, 2.5²), common slopes N(0, 1), SDs HalfNormal(1).
@@ -235,9 +250,25 @@ def child_bambi(seed: int, drop_seed: int | None, cores: int | None) -> dict:
         gamma, xr.DataArray(design.group_matrix, dims=("group", "group_covariate"))
     )
     alpha = posterior["Intercept"] + school_effect + posterior["1|schoolid"]
-    beta = xr.concat(
-        [posterior[name] + posterior[f"{name}|schoolid"] for name in UNIT], dim="unit_covariate"
-    ).assign_coords(unit_covariate=UNIT)
+    slopes = {}
+    for name in UNIT:
+        slope = posterior[name] + posterior[f"{name}|schoolid"]
+        if name not in categorical:
+            slopes[name] = slope
+            continue
+        # Bambi's slope b of the second level's indicator d (the first level is its
+        # reference): b·d = b·s·x + b·c on hierps' standardized column x = (d − c)/s of that
+        # level, and the reference level gets slope 0.
+        slope = slope.squeeze([dim for dim in slope.dims if dim not in ("chain", "draw", "group")])
+        reference, level = [n for n in design.unit_names if design.unit_sources[n] == name]
+        center, scale = design.unit_scaling.loc[level, ["center", "scale"]]
+        slopes[reference] = xr.zeros_like(slope)
+        slopes[level] = slope * scale
+        alpha = alpha + slope * center
+    names = list(design.unit_names)
+    beta = xr.concat([slopes[name] for name in names], dim="unit_covariate").assign_coords(
+        unit_covariate=names
+    )
     coefficients = xr.Dataset(
         {
             "alpha": alpha.transpose("chain", "draw", "group"),
@@ -271,9 +302,12 @@ def child_bambi(seed: int, drop_seed: int | None, cores: int | None) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def run_child(peer: str, seed: int, new_data: bool, bambi_cores: int | None) -> dict:
+def run_child(
+    peer: str, seed: int, new_data: bool, bambi_cores: int | None, model: str = "numeric"
+) -> dict:
     """One fit in a fresh interpreter; its figures plus the min-ESS rates."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", peer, "--seed", str(seed)]
+    command += ["--model", model]
     if new_data:
         # A fresh subset per run and per peer: nothing compiled for it before.
         command += ["--drop-seed", str(time.time_ns() % 2**31)]
@@ -295,13 +329,17 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{format(min(values), fmt)} / {format(statistics.median(values), fmt)}"
 
 
-def report(runs: dict[str, list[dict]], bambi_cores: int | None, new_data: bool) -> None:
+def report(
+    runs: dict[str, list[dict]], bambi_cores: int | None, new_data: bool, model: str = "numeric"
+) -> None:
     """Print the table of both peers and the pairwise ratios."""
     n_runs = len(runs["hierps"])
     cores = "PyMC's default cores" if bambi_cores is None else f"cores={bambi_cores}"
     students = "10,371 of 10,391 students (new subset each run)" if new_data else "10,391 students"
+    coding = "C2 categorical" if MODELS[model] else "C2 numeric"
     print(
-        f"\nlearning mindsets: {students}, 76 schools; S3, C2, C3 varying, X1-X5 school "
+        f"\n[{model}] learning mindsets: {students}, 76 schools; S3, C2, C3 varying "
+        f"({coding}), X1-X5 school "
         f"level; {CHAINS} chains x ({TUNE} tune + {DRAWS} draws), nutpie (Bambi: {cores}); "
         f"{n_runs} runs each; every cell min / median"
     )
@@ -377,28 +415,42 @@ def main() -> None:
     )
     parser.add_argument("--child", choices=["hierps", "bambi"], help=argparse.SUPPRESS)
     parser.add_argument("--drop-seed", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=list(MODELS),
+        help="which models to run (default: both)",
+    )
+    parser.add_argument("--model", choices=list(MODELS), default="numeric", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "hierps":
-        print(json.dumps(child_hierps(args.seed, args.drop_seed)))
+        print(json.dumps(child_hierps(args.seed, args.drop_seed, args.model)))
         return
     if args.child == "bambi":
-        print(json.dumps(child_bambi(args.seed, args.drop_seed, args.bambi_cores)))
+        print(json.dumps(child_bambi(args.seed, args.drop_seed, args.bambi_cores, args.model)))
         return
 
     started = time.perf_counter()
-    runs: dict[str, list[dict]] = {"hierps": [], "bambi": []}
+    every: dict[str, dict[str, list[dict]]] = {}
     for repeat in range(args.repeats):
-        for peer in runs:
-            figures = run_child(peer, args.seed + repeat, args.new_data, args.bambi_cores)
-            runs[peer].append(figures)
-            print(
-                f"  run {repeat + 1} {peer:6s} wall {figures['wall']:6.1f} s, sampling "
-                f"{figures['sampling']:5.1f} s, min ESS {figures['min_ess']:6.0f}, "
-                f"{figures['ess_per_s_wall']:6.1f} ESS/s, max R-hat {figures['rhat']:.4f}, "
-                f"{figures['divergences']} divergences",
-                flush=True,
-            )
-    report(runs, args.bambi_cores, args.new_data)
+        for model in args.models:
+            runs = every.setdefault(model, {"hierps": [], "bambi": []})
+            for peer in runs:
+                figures = run_child(
+                    peer, args.seed + repeat, args.new_data, args.bambi_cores, model
+                )
+                runs[peer].append(figures)
+                print(
+                    f"  run {repeat + 1} [{model}] {peer:6s} wall {figures['wall']:6.1f} s, "
+                    f"sampling "
+                    f"{figures['sampling']:5.1f} s, min ESS {figures['min_ess']:6.0f}, "
+                    f"{figures['ess_per_s_wall']:6.1f} ESS/s, max R-hat {figures['rhat']:.4f}, "
+                    f"{figures['divergences']} divergences",
+                    flush=True,
+                )
+    for model, runs in every.items():
+        report(runs, args.bambi_cores, args.new_data, model)
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s")
 
 
