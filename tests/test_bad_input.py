@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_frame
+from helpers import make_frame
 from typer.testing import CliRunner
 
 import hierps

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
+from helpers import make_frame
 
 import hierps
 from hierps.balance.table import balance_table

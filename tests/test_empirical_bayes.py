@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.optimize
-from conftest import make_frame
+from helpers import make_frame
 
 import hierps
 from hierps.calibrated.empirical_bayes import estimate_scales, laplace_log_marginal

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
+from helpers import make_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

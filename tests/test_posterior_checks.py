@@ -10,8 +10,7 @@ import arviz as az
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import make_frame
-from posterior_helpers import hand_built_tree
+from helpers import hand_built_tree, make_frame
 from scipy.special import log_expit
 
 import hierps

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
+from helpers import make_frame
 from matplotlib.collections import PathCollection
 from scipy.optimize import brentq
 

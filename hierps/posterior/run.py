@@ -143,7 +143,8 @@ def sample(
             raise ArgumentError(f"{name} must be {'≥ 0' if name == 'tune' else '≥ 1'}, not {value}")
     target_accept = check_probability("target_accept", target_accept)
     store_weights = check_flag("store_weights", store_weights)
-    progressbar = check_flag("progressbar", progressbar)
+    if progressbar is not None:  # None: a progress bar when stderr is a terminal
+        progressbar = check_flag("progressbar", progressbar)
     seeds = seed_sequence("random_seed", random_seed)
     if isinstance(prior_draws, bool) or not isinstance(prior_draws, int | np.integer):
         raise ArgumentTypeError(f"prior_draws must be an integer, not {type(prior_draws).__name__}")
