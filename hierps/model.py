@@ -12,7 +12,7 @@ from hierps.arguments import check_column, check_columns
 from hierps.calibrated.fit import MapResult, fit_map
 from hierps.design.build import ColumnRoles, Design, build_design
 from hierps.design.formula import roles_from_formula
-from hierps.exceptions import ArgumentTypeError, DataError
+from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError
 from hierps.scale.frames import is_dask_frame
 
 if TYPE_CHECKING:
@@ -109,6 +109,11 @@ class Model:
             # Validation and standardization by aggregation; the rows stay on the workers.
             from hierps.scale.dask_design import build_dask_design
 
+            if roles.weights is not None:
+                raise ArgumentError(
+                    "weights= (base weights) is not supported on a Dask DataFrame yet; fit the "
+                    "MAP weights in memory, or leave the base weights out"
+                )
             self.design = build_dask_design(data, roles, standardize)
         else:
             self.design: Design = build_design(data, roles, standardize)
@@ -181,6 +186,18 @@ class Model:
         _check_options("fit_map", fit_map, options)
         if is_dask_frame(self.data):
             from hierps.scale.dask_solver import fit_map_dask
+
+            if options.get("estimand", "att") != "att":
+                raise ArgumentError(
+                    f"estimand={options['estimand']!r}: a model of a Dask DataFrame fits ATT "
+                    f"weights only (see docs/scale.md)"
+                )
+            options = {key: value for key, value in options.items() if key != "estimand"}
+            if "auto" in (options.get("sigma_alpha"), options.get("sigma_beta")):
+                raise ArgumentError(
+                    "sigma_alpha/sigma_beta='auto' is not available on a Dask DataFrame; give "
+                    "the scales as numbers (e.g. the values 'auto' chooses on a sample in memory)"
+                )
 
             return fit_map_dask(self.design, **options)
         return fit_map(self.design, **options)
