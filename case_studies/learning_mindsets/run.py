@@ -156,13 +156,14 @@ def main() -> None:
         else ""
     )
     interval_width = (posterior.catt["upper"] - posterior.catt["lower"]).median()
-    checks = sensitivity_checks(fit)
+    reviewer = sensitivity_checks(fit)
     pooled_width = (pooled.catt["upper"] - pooled.catt["lower"]).median()
     text = f"""# Learning mindsets: students in 76 schools
 
 The ACIC 2018 synthetic version of the National Study of Learning Mindsets ({design.n_units:,}
-students, {design.n_groups} schools; see [data/README.md](data/README.md) for its terms: the data
-may be used only to evaluate methods, and publications cite Yeager et al. 2019). Treatment `Z`
+students, {design.n_groups} schools; see `hierps.datasets.terms("learning_mindsets")` for its
+terms: the data may be used only to evaluate methods, and publications cite Yeager et al. 2019).
+Treatment `Z`
 (a growth-mindset intervention) was assigned by a selection model, not at random; the outcome `Y`
 is simulated. Model ([models/learning_mindsets.toml](../../models/learning_mindsets.toml)):
 
@@ -241,21 +242,22 @@ worst school):
 
 ## Overlap and sensitivity to unmeasured confounding
 
-{checks["overlap_text"]}
+{reviewer["overlap_text"]}
 
 ![Overlap](output/figures/overlap.png)
 
-**The ATT stays positive up to Λ = {checks["att_rv"]:.2f}** (its 90 % bootstrap interval up to
-Λ = {checks["att_rv_ci"]:.2f}): an unmeasured confounder would have to move the controls' odds of
-treatment by a factor of {checks["att_rv"]:.2f} to explain the effect away. **{checks["n_away"]} of
-{checks["n_schools"]} schools' CATTs are explained away by Λ < 1.25**, and
-{checks["n_away_ci"]} schools' 90 % intervals already include 0 at Λ = 1; the median school's
-robustness value is {checks["median_rv"]:.2f}. Single-school effects are therefore fragile;
+**The ATT stays positive up to Λ = {reviewer["att_rv"]:.2f}** (its 90 % bootstrap interval up to
+Λ = {reviewer["att_rv_ci"]:.2f}): an unmeasured confounder would have to move the controls' odds of
+treatment by a factor of {reviewer["att_rv"]:.2f} to explain the effect away.
+**{reviewer["n_away"]} of {reviewer["n_schools"]} schools' CATTs are explained away by
+Λ < 1.25**, and
+{reviewer["n_away_ci"]} schools' 90 % intervals already include 0 at Λ = 1; the median school's
+robustness value is {reviewer["median_rv"]:.2f}. Single-school effects are therefore fragile;
 read them together (the pooled estimates above) and lean on the ATT.
 
 ATT bounds under the marginal sensitivity model (MAP weights, 200 bootstrap refits):
 
-{markdown_table(checks["att_bounds"])}
+{markdown_table(reviewer["att_bounds"])}
 
 ![Sensitivity](output/figures/sensitivity.png)
 
@@ -264,20 +266,20 @@ ATT bounds under the marginal sensitivity model (MAP weights, 200 bootstrap refi
 `robustness_value`: the smallest Λ whose bounds include 0; `robustness_value_ci`: whose 90 %
 interval does; `limited_overlap`: flagged by `hierps.overlap`.
 
-{markdown_table(checks["schools"])}
+{markdown_table(reviewer["schools"])}
 
 </details>
 
 Variance-based view (Huang & Pimentel; `hierps.sensitivity_r2`, docs/math.md §18): a confounder
-explains the ATT away if its error in the weights explains R² ≥ {checks["r2_rho1"]:.3f} of the
+explains the ATT away if its error in the weights explains R² ≥ {reviewer["r2_rho1"]:.3f} of the
 ideal weights' variance with correlation ρ = 1 with the outcome, or R² = ρ² =
-{checks["r2_rv"]:.3f}. Leaving out each observed covariate shows how strong real confounders are
+{reviewer["r2_rv"]:.3f}. Leaving out each observed covariate shows how strong real confounders are
 on that scale. `change` is the ATT without the covariate minus the ATT, which the bias formula
 reproduces at the covariate's (`r2`, `rho`); `strength_to_explain_away` is how many times that
 bias it takes to reach 0. The school covariates change nothing: the CATTs compare students within
 a school, where a school covariate is constant, so only the student covariates can confound them.
 
-{markdown_table(checks["benchmarks"])}
+{markdown_table(reviewer["benchmarks"])}
 
 ![Bias contours](output/figures/bias_contour.png)
 
