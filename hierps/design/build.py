@@ -37,8 +37,65 @@ class ColumnRoles:
     weights: str | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class Design:
+class DesignViews:
+    """Views shared by every design, in memory or on Dask: sizes, names and the summary.
+
+    A design provides ``roles``, ``groups``, ``unit_names``, ``varying``, ``group_matrix``,
+    ``group_names``, ``group_scaling``, ``standardize``, ``n_units``, ``treated_per_group`` and
+    ``units_per_group``.
+    """
+
+    #: Words after "hierps design" in the summary's first line (e.g. the partition count).
+    _summary_kind = ""
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    @property
+    def varying_names(self) -> tuple[str, ...]:
+        return tuple(name for name, vary in zip(self.unit_names, self.varying, strict=True) if vary)
+
+    def group_frame(self, original_scale: bool = False) -> pd.DataFrame:
+        """The encoded group covariates, one row per group."""
+        values = self.group_matrix
+        if original_scale:
+            values = (
+                values * self.group_scaling["scale"].to_numpy()
+                + self.group_scaling["center"].to_numpy()
+            )
+        return pd.DataFrame(values, index=self.groups, columns=list(self.group_names))
+
+    def summary(self) -> str:
+        """A readable description: size, groups, treated per group, covariates at each level."""
+        treated = self.treated_per_group
+        sizes = self.units_per_group
+        n_treated = int(treated.sum())
+        varying = self.varying_names
+        fixed = [name for name in self.unit_names if name not in varying]
+        lines = [
+            f"hierps design{self._summary_kind}: {self.n_units:,} units in {self.n_groups:,} "
+            f"groups ('{self.roles.group}'), treatment '{self.roles.treatment}'",
+            f"  treated: {n_treated:,} ({n_treated / self.n_units:.1%}); per group "
+            f"min {treated.min():g} / median {np.median(treated):g} / max {treated.max():g}",
+            f"  group size: min {sizes.min():,} / median {np.median(sizes):g} / "
+            f"max {sizes.max():,}",
+            f"  outcome: {self.roles.outcome or '(none)'}",
+            f"  unit covariates ({len(self.unit_names)}): varying slopes: "
+            f"{_short_list(varying)}; fixed slopes: {_short_list(fixed)}",
+            f"  group covariates ({len(self.group_names)}): {_short_list(self.group_names)}",
+            f"  standardization: {self.standardize}",
+        ]
+        if getattr(self.roles, "weights", None) is not None:
+            lines.append(f"  base weights: '{self.roles.weights}'")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Design(DesignViews):
     """The validated arrays of a multilevel study, ready for the model and the solver.
 
     Rows keep the order of the input frame. Unit and group covariates are encoded (one-hot
@@ -78,14 +135,6 @@ class Design:
         return len(self.index)
 
     @property
-    def n_groups(self) -> int:
-        return len(self.groups)
-
-    @property
-    def varying_names(self) -> tuple[str, ...]:
-        return tuple(name for name, vary in zip(self.unit_names, self.varying, strict=True) if vary)
-
-    @property
     def treated_per_group(self) -> np.ndarray:
         return np.bincount(self.group_codes, weights=self.treatment, minlength=self.n_groups)
 
@@ -102,43 +151,6 @@ class Design:
                 + self.unit_scaling["center"].to_numpy()
             )
         return pd.DataFrame(values, index=self.index, columns=list(self.unit_names))
-
-    def group_frame(self, original_scale: bool = False) -> pd.DataFrame:
-        """The encoded group covariates, one row per group."""
-        values = self.group_matrix
-        if original_scale:
-            values = (
-                values * self.group_scaling["scale"].to_numpy()
-                + self.group_scaling["center"].to_numpy()
-            )
-        return pd.DataFrame(values, index=self.groups, columns=list(self.group_names))
-
-    def summary(self) -> str:
-        """A readable description: size, groups, treated per group, covariates at each level."""
-        treated = self.treated_per_group
-        sizes = self.units_per_group
-        n_treated = int(self.treatment.sum())
-        varying = self.varying_names
-        fixed = [name for name in self.unit_names if name not in varying]
-        lines = [
-            f"hierps design: {self.n_units:,} units in {self.n_groups:,} groups "
-            f"('{self.roles.group}'), treatment '{self.roles.treatment}'",
-            f"  treated: {n_treated:,} ({n_treated / self.n_units:.1%}); per group "
-            f"min {treated.min():g} / median {np.median(treated):g} / max {treated.max():g}",
-            f"  group size: min {sizes.min():,} / median {np.median(sizes):g} / "
-            f"max {sizes.max():,}",
-            f"  outcome: {self.roles.outcome or '(none)'}",
-            f"  unit covariates ({len(self.unit_names)}): varying slopes: "
-            f"{_short_list(varying)}; fixed slopes: {_short_list(fixed)}",
-            f"  group covariates ({len(self.group_names)}): {_short_list(self.group_names)}",
-            f"  standardization: {self.standardize}",
-        ]
-        if self.roles.weights is not None:
-            lines.append(f"  base weights: '{self.roles.weights}'")
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return self.summary()
 
 
 def _short_list(names: Sequence[str], limit: int = 12) -> str:

@@ -37,6 +37,7 @@ import pandas as pd
 from hierps.design.build import (
     _MAX_LISTED,
     ColumnRoles,
+    DesignViews,
     Spread,
     _check_columns,
     _check_constant_within_groups,
@@ -47,7 +48,6 @@ from hierps.design.build import (
     _levels,
     _list_labels,
     _scaling,
-    _short_list,
     _standardize_method,
     _standardized,
     _varying_mask,
@@ -245,8 +245,8 @@ def _merge_pairs(a: tuple[Moments, Moments], b: tuple[Moments, Moments]) -> tupl
 # ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class DaskDesign:
+@dataclass(frozen=True, eq=False, repr=False)
+class DaskDesign(DesignViews):
     """A design whose unit rows stay in a Dask DataFrame; per-group arrays in memory.
 
     Offers the attributes of :class:`~hierps.design.build.Design` that do not hold one
@@ -272,52 +272,13 @@ class DaskDesign:
     group_sources: dict[str, str] = field(default_factory=dict)
 
     @property
-    def n_groups(self) -> int:
-        return len(self.groups)
-
-    @property
-    def varying_names(self) -> tuple[str, ...]:
-        return tuple(name for name, vary in zip(self.unit_names, self.varying, strict=True) if vary)
+    def _summary_kind(self) -> str:
+        return f" (Dask, {self.frame.npartitions} partitions)"
 
     @property
     def outcome(self) -> str | None:
         """The outcome column (its values stay on the workers)."""
         return self.roles.outcome
-
-    def group_frame(self, original_scale: bool = False) -> pd.DataFrame:
-        """The encoded group covariates, one row per group."""
-        values = self.group_matrix
-        if original_scale:
-            values = (
-                values * self.group_scaling["scale"].to_numpy()
-                + self.group_scaling["center"].to_numpy()
-            )
-        return pd.DataFrame(values, index=self.groups, columns=list(self.group_names))
-
-    def summary(self) -> str:
-        """A readable description, as :meth:`Design.summary`, with the partition count."""
-        treated, sizes = self.treated_per_group, self.units_per_group
-        n_treated = int(treated.sum())
-        varying = self.varying_names
-        fixed = [name for name in self.unit_names if name not in varying]
-        lines = [
-            f"hierps design (Dask, {self.frame.npartitions} partitions): {self.n_units:,} units "
-            f"in {self.n_groups:,} groups ('{self.roles.group}'), treatment "
-            f"'{self.roles.treatment}'",
-            f"  treated: {n_treated:,} ({n_treated / self.n_units:.1%}); per group "
-            f"min {treated.min():g} / median {np.median(treated):g} / max {treated.max():g}",
-            f"  group size: min {sizes.min():,} / median {np.median(sizes):g} / "
-            f"max {sizes.max():,}",
-            f"  outcome: {self.roles.outcome or '(none)'}",
-            f"  unit covariates ({len(self.unit_names)}): varying slopes: "
-            f"{_short_list(varying)}; fixed slopes: {_short_list(fixed)}",
-            f"  group covariates ({len(self.group_names)}): {_short_list(self.group_names)}",
-            f"  standardization: {self.standardize}",
-        ]
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return self.summary()
 
     @functools.cached_property
     def control_blocks(self) -> list:
