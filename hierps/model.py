@@ -193,7 +193,7 @@ class Model:
                     f"weights only (see docs/scale.md)"
                 )
             options = {key: value for key, value in options.items() if key != "estimand"}
-            if "auto" in (options.get("sigma_alpha"), options.get("sigma_beta")):
+            if any(isinstance(options.get(name), str) for name in ("sigma_alpha", "sigma_beta")):
                 raise ArgumentError(
                     "sigma_alpha/sigma_beta='auto' is not available on a Dask DataFrame; give "
                     "the scales as numbers (e.g. the values 'auto' chooses on a sample in memory)"
@@ -269,6 +269,8 @@ def _check_options(verb: str, function, options: dict) -> None:
     import inspect
 
     parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters.values()):
+        return  # a wrapper that passes everything on: the function it wraps checks
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         from hierps.design.hyperparameters import HYPERPARAMETERS
 

@@ -211,7 +211,10 @@ def build_pymc(
         coding = "identified" if loss == "bernoulli" else "full"
     if coding not in CODINGS:
         raise ArgumentError(f"coding={coding!r} is not one of {', '.join(CODINGS)}")
-    blocks = coding_of(design) if coding == "identified" else None
+    # A Dask design keeps its unit rows on the workers, where the identified coding's column
+    # statistics are not available: its posterior codes every level (docs/scale.md §5).
+    identified = coding == "identified" and hasattr(design, "unit_matrix")
+    blocks = coding_of(design) if identified else None
     varying_index = np.flatnonzero(design.varying)
     values = check_fixed(fixed, len(varying_index))
     scales = {**FIXED_SCALE_DEFAULTS, **values}

@@ -204,10 +204,13 @@ def sample(
         random_seed=seeds,
         store_weights=store_weights,
     )
-    if loss == "bernoulli" and checks:
+    # With base weights the likelihood is a weighted pseudo-likelihood (a Potential): there is
+    # no Bernoulli observation to predict or to leave out.
+    observed = loss == "bernoulli" and design.base_weights is None
+    if observed and checks:
         add_log_likelihood(design, result.idata)
         add_posterior_predictive(design, result.idata, np.random.default_rng(predictive_seeds))
-    if loss == "bernoulli" and prior_draws:
+    if observed and prior_draws:
         prior = sample_prior_predictive(
             design,
             draws=prior_draws,

@@ -271,6 +271,9 @@ class DaskDesign(DesignViews):
     unit_sources: dict[str, str] = field(default_factory=dict)
     group_sources: dict[str, str] = field(default_factory=dict)
 
+    #: Base weights are not supported on Dask input (the model refuses a weights column).
+    base_weights = None
+
     @property
     def _summary_kind(self) -> str:
         return f" (Dask, {self.frame.npartitions} partitions)"
@@ -369,15 +372,7 @@ def build_dask_design(
     counts = counts.reindex(groups, fill_value=0)
     n_treated = counts["treated"].to_numpy(dtype=float)
     n_per_group = counts["units"].to_numpy(dtype=np.int64)
-    only_treated = groups[(n_treated > 0) & (n_treated == n_per_group)]
-    if len(only_treated):
-        warnings.warn(
-            f"group(s) {_list_labels(only_treated)} of {roles.group!r} have treated units but no "
-            f"controls: their CATT cannot be estimated (NaN) and their treated units are left "
-            f"out of the ATT",
-            HierpsWarning,
-            stacklevel=3,
-        )
+    # Groups without controls are named when a fit needs their effect (as in memory).
 
     columns, unit_sources = _unit_columns(meta, roles, categorical, summaries, level_columns)
     plan = UnitPlan(

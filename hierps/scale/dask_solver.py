@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from hierps.calibrated.arms import arms_of
 from hierps.calibrated.fit import MapResult, hierarchical_problem
 from hierps.calibrated.newton import (
     ARMIJO,
@@ -41,6 +42,7 @@ from hierps.calibrated.newton import (
 from hierps.calibrated.problem import _LAYOUTS, ControlLayout
 from hierps.design.hyperparameters import MapHyperparameters
 from hierps.effects.estimands import att_from_catt, effects_from_sums
+from hierps.effects.inestimable import warn_inestimable
 from hierps.exceptions import ConvergenceError
 from hierps.scale.dask_design import DaskDesign, UnitPlan
 
@@ -382,6 +384,7 @@ def fit_map_dask(
     result = DaskMapResult(design, hyperparameters, problem, trace, data, round_trips)
     result.pass_seconds = pass_seconds
     result._warn_extreme_weights()
+    warn_inestimable(design, "att")
     return result
 
 
@@ -442,12 +445,19 @@ class DaskMapResult(MapResult):
             design.n_groups
         )
         n_control = data[:, _data_columns(len(design.unit_names))["n_control"]][:, 0]
-        # What MapResult._warn_extreme_weights reads: the relative and absolute weight sums.
-        self._control_totals = {
-            "count": n_control,
-            "relative": self._sums[:, 0],
-            "weight": self._sums[:, 3],
-        }
+        # What MapResult._warn_extreme_weights reads, per weighted arm (the ATT's controls):
+        # the largest weight's share of its group (the largest relative weight is 1), the
+        # weight sums and the counts.
+        relative = self._sums[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(relative > 0, 1.0 / relative, 0.0)
+        self.estimand = "att"
+        self.selection = None
+        self._arms = list(arms_of("att"))
+        self._solutions = [trace]
+        self._totals = [
+            (arms_of("att")[0], {"share": share, "weight": self._sums[:, 3], "count": n_control})
+        ]
 
     def __repr__(self) -> str:
         att = f"{self.att:.4g}" if self.design.outcome is not None else "(no outcome)"
