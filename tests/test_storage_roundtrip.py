@@ -27,7 +27,7 @@ def fit():
 
 @pytest.fixture(scope="module")
 def saved(fit, tmp_path_factory):
-    path = tmp_path_factory.mktemp("saved") / "nested" / "result.nc"
+    path = tmp_path_factory.mktemp("saved") / "two" / "levels" / "result.nc"
     written = save(xr.DataTree.from_dict({"map": map_dataset(fit)}), path)
     assert written == path and path.stat().st_size > 0
     return load(path)
@@ -73,6 +73,10 @@ def test_coefficients_round_trip_with_their_dims(fit, saved):
         stored = dataset[f"coef_{name}"]
         assert stored.dims == variable.dims, name
         np.testing.assert_array_equal(stored.to_numpy(), variable.to_numpy())
+    for name in dataset.data_vars:
+        if name.startswith("catt_"):
+            assert dataset[name].dims == ("group",), name
+    assert dataset["weight"].dims == ("obs",) and dataset["att"].dims == ()
     assert [str(g) for g in dataset["group"].to_numpy()] == list(fit.design.groups)
     assert [str(o) for o in dataset["obs"].to_numpy()] == list(fit.design.index)
 
@@ -89,3 +93,21 @@ def test_a_design_without_outcome_saves_weights_only(tmp_path):
     saved = load(save(xr.DataTree.from_dict({"map": dataset}), tmp_path / "r.nc"))
     assert saved.catt.empty and saved.catt.index.name == "school"
     pd.testing.assert_series_equal(saved.weights, fit.weights, check_index_type=False)
+
+
+def test_files_are_written_and_read_with_h5netcdf(fit, tmp_path, monkeypatch):
+    engines = []
+    write, read = xr.DataTree.to_netcdf, xr.open_datatree
+
+    def spy_write(self, path, **kwargs):
+        engines.append(("write", kwargs.get("engine")))
+        return write(self, path, **kwargs)
+
+    def spy_read(path, **kwargs):
+        engines.append(("read", kwargs.get("engine")))
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(xr.DataTree, "to_netcdf", spy_write)
+    monkeypatch.setattr(xr, "open_datatree", spy_read)
+    load(save(xr.DataTree.from_dict({"map": map_dataset(fit)}), tmp_path / "r.nc"))
+    assert engines == [("write", "h5netcdf"), ("read", "h5netcdf")]
