@@ -162,3 +162,34 @@ def test_layout_treated_moments_and_gram_by_hand():
     )
     assert len(layout.buckets) >= 2
     assert problem.n_groups == 9 and problem.dimension == 3 and problem.n_global == 4
+
+
+def test_default_start_and_tolerance():
+    problem, data = random_problem([0, 2], seed=7)
+    trace = newton_solve(problem)
+    assert trace.converged and trace.max_gradient <= 1e-8
+    # The documented start: a0 = log(n_treated / n_controls), everything else 0.
+    t = data["treatment"] == 1
+    start = np.zeros(problem.n_global)
+    start[0] = np.log(t.sum() / (~t).sum())
+    assert trace.history[0] == pytest.approx(objective(problem, start, np.zeros((9, 2))), rel=1e-12)
+    _, _, _, gradient_global, gradient_local = by_hand(data, trace.theta_global, trace.theta_local)
+    assert max(np.abs(gradient_global).max(), np.abs(gradient_local).max()) <= 1e-8
+
+
+def test_default_start_with_a_single_control():
+    z = np.column_stack([np.ones(6), np.linspace(-1, 1, 6)])
+    treatment = np.array([1, 1, 1, 0, 1, 1])
+    problem = make_problem(
+        z,
+        treatment,
+        np.zeros(6, dtype=int),
+        np.zeros((1, 0)),
+        np.array([0]),
+        np.ones(2),
+        np.ones(1),
+    )
+    trace = newton_solve(problem)
+    start = np.array([np.log(5.0), 0.0])
+    assert trace.history[0] == pytest.approx(objective(problem, start, np.zeros((1, 1))))
+    assert trace.converged
