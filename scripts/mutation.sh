@@ -97,8 +97,7 @@ PY
         "$mutmut" results --all true > "$workdir/$name.txt" 2>&1 || true
     )
     elapsed=$((SECONDS - start))
-    total=$(grep -c ": " "$workdir/$name.txt" || true)
-    killed=$(grep -c ": killed" "$workdir/$name.txt" || true)
-    echo "   $total mutants, $killed killed in ${elapsed}s; results in $workdir/$name.txt"
-    grep -v ": killed" "$workdir/$name.txt" || true
+    echo "   $(grep -c ": " "$workdir/$name.txt" || true) mutants in ${elapsed}s:" \
+        "$(sed -n 's/.*: //p' "$workdir/$name.txt" | sort | uniq -c | xargs)"
+    echo "   not killed: grep -v ': killed' $workdir/$name.txt"
 done
