@@ -300,3 +300,26 @@ def test_posteriors_of_other_data_are_refused(study):
     moved["constant_data"] = pd.DataFrame({"group_index": codes}).to_xarray()
     with pytest.raises(ValueError, match="other data"):
         from_idata(design, moved)
+
+
+def test_estimators_of_a_stack_of_draws_keep_the_draw_axis():
+    draws = np.array([[1.0, 3.0, 2.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    np.testing.assert_allclose(kish_ess(draws), [64.0 / 18.0, 6.0])
+    w = np.array([[9.0, 2.0, 9.0, 1.0, 3.0, 9.0, 0.5, 1.0], np.ones(8)])
+    effects = catt_from_weights(OUTCOME, TREATMENT, GroupSums(CODES, 3), w)
+    assert effects["treated_weight"].shape == effects["control_weight"].shape == (2, 3)
+    np.testing.assert_allclose(effects["treated_weight"], [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+
+
+def test_empty_arms_and_groups_raise_no_floating_point_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        effects = effects_from_sums(
+            treated_weight=np.array([0.0, 1.0]),
+            treated_total=np.array([0.0, 2.0]),
+            control_weight=np.array([0.0, 0.0]),
+            control_total=np.array([0.0, 0.0]),
+        )
+        ess = kish_ess(np.array([0.0, 0.0, 1.0]), GroupSums(np.array([0, 0, 1]), 3))
+    assert np.isnan(effects["catt"]).all()
+    np.testing.assert_array_equal(ess, [0.0, 1.0, 0.0])
