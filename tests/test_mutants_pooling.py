@@ -4,6 +4,7 @@ from known posterior draws (the sampler replaced by a stub)."""
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -97,7 +98,7 @@ def test_map_standard_errors_need_an_outcome():
 GROUPS = pd.Index([f"g{j}" for j in range(6)], name="school")
 
 
-def stub_tree(estimate, covariates, chains=2, draws=50, divergences=0, seed=0):
+def stub_tree(estimate, covariates, chains=2, draws=400, divergences=0, seed=0):
     """Posterior draws shaped like the pooling model's, centred on the estimates."""
     rng = np.random.default_rng(seed)
     shape = (chains, draws)
@@ -282,3 +283,176 @@ def test_usable_groups_need_a_finite_estimate_and_a_positive_se():
     np.testing.assert_array_equal(usable, [True, False, False, False, False, True])
     assert len(caught) == 2
     assert "'b', 'e'" in str(caught[0].message) and "'c', 'd'" in str(caught[1].message)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs, messages and the sampler call
+# --------------------------------------------------------------------------------------------
+
+
+def test_pool_catt_defaults_reach_the_sampler(stub):
+    table, _ = inputs()
+    quietly(pooling.pool_catt, table)
+    (call,) = stub
+    assert (call["draws"], call["tune"], call["chains"]) == (1000, 1000, 2)
+    assert (call["random_seed"], call["sampler"], call["progressbar"]) == (None, "nutpie", True)
+
+
+def test_pool_catt_checks_its_settings_exactly(stub):
+    table, _ = inputs()
+    with pytest.raises(ValueError, match=r"^sampler='numpyro' is not one of 'nutpie', 'pymc'$"):
+        pooling.pool_catt(table, sampler="numpyro")
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match=rf"^ci_prob={bad!r} must be between 0 and 1$"):
+            pooling.pool_catt(table, ci_prob=bad)
+    # Two usable groups are enough.
+    two = table.loc[["g0", "g1"]]
+    result = pooling.pool_catt(two)
+    assert list(result.catt.index) == ["g0", "g1"] and not stub[-1]["covariates"].shape[1]
+
+
+def test_warnings_point_at_the_caller(stub):
+    table, covariates = inputs()
+    with pytest.warns(HierpsWarning) as caught:
+        pooling.pool_catt(table, covariates)
+    inputs_warnings = [w for w in caught if "sampler reports" not in str(w.message)]
+    assert len(inputs_warnings) == 3, [str(w.message) for w in caught]
+    assert all(w.filename == __file__ for w in inputs_warnings)
+    assert all(w.category is HierpsWarning for w in inputs_warnings)
+
+
+def test_estimates_and_covariates_are_read_as_floats():
+    table = pd.DataFrame({"estimate": [1, 2, 3], "se": [1, 1, 2]}, index=["a", "b", "c"])
+    covariates = pd.DataFrame({"v": [1, 2, 5]}, index=["c", "b", "a"])
+    read, read_covariates = pooling.pooling_inputs(table, covariates)
+    assert (read.dtypes == np.float64).all() and (read_covariates.dtypes == np.float64).all()
+    assert list(read_covariates.index) == ["a", "b", "c"]
+    np.testing.assert_array_equal(read_covariates["v"], [5.0, 2.0, 1.0])
+    posterior = SimpleNamespace(design=None, catt=pd.DataFrame({"mean": [1], "sd": [1]}))
+    with pytest.raises(TypeError, match="must be a posterior result"):
+        pooling.pooling_inputs(posterior, None)
+
+
+def test_a_posterior_catt_with_just_mean_and_sd_is_accepted(study):
+    model, _ = study
+    design = model.design
+    catt = pd.DataFrame({"mean": np.arange(5), "sd": np.ones(5, dtype=int)}, index=design.groups)
+    table, _ = pooling.pooling_inputs(SimpleNamespace(design=design, catt=catt), None)
+    assert (table.dtypes == np.float64).all()
+    np.testing.assert_array_equal(table["estimate"], np.arange(5.0))
+
+
+def test_input_messages(study):
+    _, fit = study
+    duplicated = pd.DataFrame({"estimate": [1.0, 2.0], "se": [0.5, 0.5]}, index=["a", "a"])
+    with pytest.raises(
+        DataError, match=r"^the group index of the estimates has duplicated labels$"
+    ):
+        pooling.pooling_inputs(duplicated, None)
+    estimates = pd.DataFrame({"estimate": [1.0, 2.0], "se": [0.5, 0.5]}, index=["a", "b"])
+    with pytest.raises(TypeError, match=r"there is no design to look names up in\)$"):
+        pooling.pooling_inputs(estimates, ["v1"])
+    with pytest.raises(DataError, match=r"it lacks 'estimate', 'se'$"):
+        pooling.pooling_inputs(estimates[[]], None)
+    missing = pd.DataFrame({"v": [1.0, np.nan]}, index=["a", "b"])
+    with pytest.raises(DataError, match=r"^group covariate 'v' is missing for group\(s\) 'b'$"):
+        pooling.pooling_inputs(estimates, missing)
+    with pytest.raises(
+        DataError,
+        match=r"^'zzz' is not a group covariate of the design \(group covariates: 'v1'\)$",
+    ):
+        pooling.pooling_inputs(fit, ["zzz"])
+    with pytest.raises(DataError, match=r"\(group covariates: 'v1'\); did you mean 'v1'\?$"):
+        pooling.pooling_inputs(fit, ["V1"])
+    frame, roles = make_frame(seed=5, sizes=(8, 20), n_groups=3, n_unit=1, n_group=0)
+    bare = quietly(hierps.Model(frame, **roles).fit_map)
+    with pytest.raises(DataError, match=r"\(group covariates: \(none\)\)$"):
+        pooling.pooling_inputs(bare, ["v1"])
+    with pytest.raises(TypeError, match=r"^result must be a MapResult, not object$"):
+        pooling.map_standard_errors(object())
+    roles.pop("outcome")
+    no_outcome = quietly(hierps.Model(frame, **roles).fit_map)
+    with pytest.raises(
+        ValueError, match=r"^the model has no outcome column: give outcome= to hierps\.Model$"
+    ):
+        pooling.map_standard_errors(no_outcome)
+
+
+def test_standardize_two_groups_and_small_spreads():
+    frame = pd.DataFrame({"a": [1.0, 3.0], "small": [0.1, 0.3]}, index=["x", "y"])
+    standardized, scaling = pooling._standardize(frame)
+    np.testing.assert_allclose(standardized["a"], [-1 / np.sqrt(2), 1 / np.sqrt(2)])
+    np.testing.assert_allclose(standardized["small"], [-1 / np.sqrt(2), 1 / np.sqrt(2)])
+    np.testing.assert_allclose(scaling["scale"], [np.sqrt(2), 0.1 * np.sqrt(2)])
+
+
+def test_hajek_pooled_variance_counts_groups_of_two_treated():
+    # Treated per group: 1, 2, 3 and 0; control weights summing below 1 in the first group.
+    codes = np.repeat(np.arange(4), [4, 5, 6, 3])
+    treatment = np.zeros(18, dtype=int)
+    treatment[[0, 4, 5, 9, 10, 11]] = 1
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=18)
+    w = rng.uniform(0.05, 0.3, 18)
+    design = SimpleNamespace(
+        treatment=treatment, group_codes=codes, n_groups=4, groups=pd.Index(list("abcd"))
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        se = pooling.hajek_standard_errors(design, w, values)
+    assert np.isnan(se["d"])  # no treated
+    design.n_units = 18
+    np.testing.assert_allclose(se.to_numpy()[:3], hand_se(design, w, values)[:3], rtol=1e-12)
+
+
+def test_only_the_models_parameters_are_judged(monkeypatch):
+    # The raw offsets z are not judged: chains that disagree on z alone raise no warning.
+    table, covariates = inputs()
+
+    def sample(estimate, se, covariates, *args):
+        tree = stub_tree(estimate, covariates)
+        posterior = tree["posterior"].to_dataset()
+        z = posterior["z"] + np.array([0.0, 5.0])[:, None, None]
+        tree["posterior"] = posterior.assign(z=z)
+        return tree
+
+    monkeypatch.setattr(pooling, "_sample", sample)
+    usable = table.drop(["g2", "g4"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pooling.pool_catt(usable, covariates[["v1"]].loc[usable.index])
+
+
+def test_the_sampler_gets_the_pooling_model_and_the_settings(monkeypatch):
+    import pymc as pm
+
+    seen = {}
+
+    def fake_sample(**kwargs):
+        model = pm.modelcontext(None)
+        seen.update(kwargs)
+        seen["data"] = model.rvs_to_values[model["estimate"]].data
+        seen["coords"] = dict(model.coords)
+        return "tree"
+
+    monkeypatch.setattr(pm, "sample", fake_sample)
+    estimate, se = np.array([1.0, 2.0, 0.5]), np.array([0.3, 0.4, 0.5])
+    covariates = pd.DataFrame({"v": [-1.0, 0.0, 1.0]}, index=["a", "b", "c"])
+    out = pooling._sample(estimate, se, covariates, 11, 12, 3, 13, "pymc", False)
+    assert out == "tree"
+    assert {k: seen[k] for k in ("draws", "tune", "chains", "random_seed")} == dict(
+        draws=11, tune=12, chains=3, random_seed=13
+    )
+    assert seen["nuts_sampler"] == "pymc" and seen["progressbar"] is False
+    np.testing.assert_array_equal(seen["data"], estimate)
+    assert seen["coords"]["group"] == ("a", "b", "c") and seen["coords"]["covariate"] == ("v",)
+
+
+def test_pooling_model_dims():
+    covariates = pd.DataFrame({"v": [-1.0, 0.0, 1.0]}, index=["a", "b", "c"])
+    model = pooling._pooling_model(np.array([1.0, 2.0, 0.5]), np.ones(3), covariates)
+    dims = model.named_vars_to_dims
+    assert dims["v"] == ("group", "covariate") and dims["phi"] == ("covariate",)
+    for name in ("fitted", "z", "theta", "estimate"):
+        assert dims[name] == ("group",), name
+    assert "mu_tau" not in dims and "sigma_tau" not in dims
