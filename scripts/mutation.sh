@@ -11,7 +11,9 @@
 # Environment: PYTHON, an interpreter with hierps' dependencies and pytest (default: python);
 # MUTMUT, mutmut 3 installed for that interpreter (default: the mutmut next to it);
 # WORKDIR (default: ${TMPDIR:-/tmp}/hierps-mutation); JOBS, mutants run in parallel
-# (default 1); NICENESS (default 15). Not part of the default test run.
+# (default 1); NICENESS (default 15); RERUN=1 keeps a module's earlier results and checks its
+# surviving mutants again against the current tests (after adding some). Not part of the
+# default test run.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,10 +37,15 @@ fi
 for module in "${modules[@]}"; do
     name=${module//\//_}
     scratch="$workdir/$name"
-    rm -rf "$scratch"
-    mkdir -p "$scratch"
+    if [ "${RERUN:-0}" = 1 ] && [ -d "$scratch/mutants" ]; then
+        files=(tests pyproject.toml)  # the mutants stay; their tests are refreshed
+    else
+        files=(hierps tests pyproject.toml)
+        rm -rf "$scratch"
+        mkdir -p "$scratch"
+    fi
     # The tracked and new (not ignored) files of the working tree: hierps, tests, config.
-    (cd "$root" && git ls-files -z --cached --others --exclude-standard -- hierps tests pyproject.toml) \
+    (cd "$root" && git ls-files -z --cached --others --exclude-standard -- "${files[@]}") \
         | (cd "$root" && xargs -0 tar -cf - --ignore-failed-read) | tar -C "$scratch" -xf -
     # Mutate this module only, against its own tests.
     "$python" - "$scratch/pyproject.toml" "$module" <<'PY'
@@ -67,6 +74,19 @@ PY
     (
         cd "$scratch"
         unset PYTHONPATH
+        if [ -d mutants ]; then  # a rerun: new tests, so collect the stats again
+            rm -f mutants/mutmut-stats.json
+            "$python" - <<'PY'
+import json
+from pathlib import Path
+
+for meta in Path("mutants").rglob("*.py.meta"):
+    data = json.loads(meta.read_text())
+    codes = data["exit_code_by_key"]
+    data["exit_code_by_key"] = {k: (None if v in (0, 33) else v) for k, v in codes.items()}
+    meta.write_text(json.dumps(data, indent=4))
+PY
+        fi
         nice -n "$niceness" "$mutmut" run --max-children "$jobs" > "$workdir/$name.log" 2>&1 || true
         # mutmut ties a function to the tests that call it, but a module-scoped fixture calls
         # it only in the first test that uses it: let every test of the test files that reach
