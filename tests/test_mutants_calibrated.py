@@ -12,7 +12,9 @@ from hierps.calibrated.newton import newton_solve, objective
 from hierps.calibrated.problem import make_problem
 
 
-def random_problem(local_index, seed=0, n_groups=9, n_x=2, p=1, empty_group=True):
+def random_problem(
+    local_index, seed=0, n_groups=9, n_x=2, p=1, treated_only=(2,), controls_only=()
+):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 60, n_groups)
     sizes[0], sizes[1] = 2, 150  # very different sizes: several buckets
@@ -25,8 +27,8 @@ def random_problem(local_index, seed=0, n_groups=9, n_x=2, p=1, empty_group=True
     for j in range(n_groups):  # both arms in every group
         rows = np.flatnonzero(codes == j)
         treatment[rows[0]], treatment[rows[-1]] = 1, 0
-    if empty_group:  # and one group of treated only
-        treatment[codes == 2] = 1
+    treatment[np.isin(codes, treated_only)] = 1
+    treatment[np.isin(codes, controls_only)] = 0
     v = rng.normal(size=(n_groups, p))
     prior_global = rng.uniform(0.5, 2.0, 1 + p + n_x)
     prior_local = rng.uniform(0.5, 2.0, len(local_index))
@@ -193,3 +195,34 @@ def test_default_start_with_a_single_control():
     start = np.array([np.log(5.0), 0.0])
     assert trace.history[0] == pytest.approx(objective(problem, start, np.zeros((1, 1))))
     assert trace.converged
+
+
+@pytest.mark.parametrize(
+    ("treated_only", "controls_only"),
+    [((8,), ()), ((), (1,)), ((), (1, 5)), ((0, 8), (1,))],
+    ids=["last group treated only", "largest group controls only", "two", "both kinds"],
+)
+def test_groups_with_one_arm_anywhere(treated_only, controls_only):
+    problem, data = random_problem(
+        [0, 1], seed=8, treated_only=treated_only, controls_only=controls_only
+    )
+    trace = newton_solve(problem, tol=1e-10)
+    assert trace.converged
+    _, w, value, gradient_global, gradient_local = by_hand(
+        data, trace.theta_global, trace.theta_local
+    )
+    np.testing.assert_allclose(gradient_global, 0.0, atol=1e-8)
+    np.testing.assert_allclose(gradient_local, 0.0, atol=1e-8)
+    assert trace.objective == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(trace.control_weights, w[problem.order], rtol=1e-12)
+    assert problem.treated_moments.shape == problem.layout.gram.shape[:2] == (9, 3)
+
+
+def test_make_problem_message():
+    z = np.ones((4, 2))
+    z[:, 0] = [1.0, 1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match=r"^the first column of z_all must be the constant 1$"):
+        make_problem(
+            z, np.array([1, 0, 1, 0]), np.zeros(4, dtype=int), np.zeros((1, 0)),
+            np.array([0]), np.ones(2), np.ones(1),
+        )  # fmt: skip
