@@ -14,6 +14,7 @@ from conftest import make_frame
 from posterior_helpers import hand_built_tree
 
 import hierps
+import hierps.posterior.draws as draws_module
 from hierps.effects.estimands import (
     GroupSums,
     att_from_catt,
@@ -323,3 +324,82 @@ def test_empty_arms_and_groups_raise_no_floating_point_warnings():
         ess = kish_ess(np.array([0.0, 0.0, 1.0]), GroupSums(np.array([0, 0, 1]), 3))
     assert np.isnan(effects["catt"]).all()
     np.testing.assert_array_equal(ess, [0.0, 1.0, 0.0])
+
+
+def test_treated_units_never_evaluate_their_odds():
+    eta = np.array([[900.0, 0.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(unit_weights(eta, np.array([1, 0]), "att"), [[1, np.exp(0.5)]])
+
+
+def test_argument_and_loss_checks_of_from_idata(study):
+    design, tree = study
+    with pytest.raises(ValueError, match=r"^uncertainty='none' is not one of "):
+        from_idata(design, tree, uncertainty="none")
+    with pytest.raises(ValueError, match=r"^estimand='atc' is not one of "):
+        from_idata(design, tree, estimand="atc")
+    with pytest.raises(ValueError, match=r"^idata has no 'posterior' group$"):
+        from_idata(design, tree.drop_nodes("posterior"))
+    calibrated = tree.copy(deep=True)
+    calibrated.attrs["hierps_loss"] = "calibrated"
+    with pytest.raises(ValueError, match="calibrated loss targets the ATT"):
+        from_idata(design, calibrated, estimand="ate")
+    assert result_of(design, calibrated).idata["weights"].attrs["loss"] == "calibrated"
+    assert result_of(design, tree).idata["weights"].attrs["loss"] == "bernoulli"
+
+
+def test_a_healthy_posterior_raises_no_warning():
+    # Every group has both arms, one of them a single treated unit.
+    frame, roles = make_frame(seed=33, sizes=[2, 20, 30], n_unit=1, n_group=1)
+    rows = np.flatnonzero(frame["school"] == "s000")
+    frame.loc[frame.index[rows], "z"] = [1, 0]
+    model = hierps.Model(frame, **roles)
+    fit = model.fit_map()
+    tree = hand_built_tree(fit, chains=1, draws=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for estimand in ("att", "ate"):
+            from_idata(model.design, tree, estimand=estimand, store_weights=True)
+
+
+def test_overflow_message_and_quiet_exponentials(study):
+    design, tree = study
+    huge = tree.copy(deep=True)
+    huge["posterior"]["alpha"] = huge["posterior"]["alpha"] + 800.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from_idata(design, huge, uncertainty="propensity")
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "overflow encountered" in m]
+    assert (
+        "some posterior draws give infinite weights (exp(eta) overflowed); the posterior has "
+        "extreme propensities — check overlap and the prior scales"
+    ) in messages
+
+
+def test_groups_lacking_an_arm_are_listed_together():
+    frame, roles = make_frame(seed=34, sizes=[1, 12, 3, 20], n_unit=1, n_group=1)
+    for label in ("s000", "s002"):
+        frame.loc[frame["school"] == label, "z"] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        model = hierps.Model(frame, **roles)
+        fit = model.fit_map()
+    tree = hand_built_tree(fit, chains=1, draws=4)
+    with pytest.warns(HierpsWarning, match=r"^group\(s\) 's000', 's002' have no control units"):
+        from_idata(model.design, tree, uncertainty="propensity")
+    with pytest.warns(HierpsWarning, match=r"^group\(s\) 's000', 's002' lack treated or control"):
+        from_idata(model.design, tree, uncertainty="propensity", estimand="ate")
+
+
+def test_weights_without_outcome_in_many_chunks(study, monkeypatch):
+    _, tree = study
+    frame, roles = make_frame(seed=31, sizes=(6, 30), n_groups=4, n_unit=2, n_group=1)
+    frame["x2"] = np.round(frame["x2"])
+    roles.pop("outcome")
+    no_outcome = hierps.Model(frame, **roles).design
+    whole = result_of(no_outcome, tree).idata["weights"]["weight_draws"].to_numpy()
+    monkeypatch.setattr(draws_module, "CHUNK_ELEMENTS", 3 * 2 * no_outcome.n_units)
+    chunked = result_of(no_outcome, tree).idata["weights"]["weight_draws"].to_numpy()
+    np.testing.assert_array_equal(chunked, whole)
