@@ -403,3 +403,80 @@ def test_weights_without_outcome_in_many_chunks(study, monkeypatch):
     monkeypatch.setattr(draws_module, "CHUNK_ELEMENTS", 3 * 2 * no_outcome.n_units)
     chunked = result_of(no_outcome, tree).idata["weights"]["weight_draws"].to_numpy()
     np.testing.assert_array_equal(chunked, whole)
+
+
+def test_derived_groups_keep_the_posteriors_labels_and_are_replaced(study):
+    from hierps._version import __version__
+
+    design, tree = study
+    relabelled = tree.copy(deep=True)
+    posterior = relabelled["posterior"].to_dataset()
+    relabelled["posterior"] = posterior.assign_coords(draw=posterior["draw"] + 500, chain=[3, 7])
+    result = result_of(design, relabelled)
+    for group in ("weights", "estimands"):
+        data = result.idata[group]
+        np.testing.assert_array_equal(data["draw"], np.arange(500, 507))
+        np.testing.assert_array_equal(data["chain"], [3, 7])
+        attrs = data.attrs
+        assert attrs["loss"] == "bernoulli" and attrs["creation_library_version"] == __version__
+        assert attrs["created_at"].endswith("+00:00")
+    assert list(result.idata["weights"]["obs"].to_numpy()) == list(design.index)
+    for name in ("treated_weight", "control_weight"):
+        assert result.idata["estimands"][name].dims == ("chain", "draw", "group")
+    assert result.idata["weights"].attrs["description"] == (
+        "posterior-mean weight of each unit (treated 1, controls exp(eta))"
+    )
+    ate = result_of(design, relabelled, estimand="ate").idata["weights"].attrs["description"]
+    assert ate == "posterior-mean weight of each unit (treated 1/pi, controls 1/(1-pi))"
+    # Recomputing from a result's own tree replaces its derived groups.
+    frame, roles = make_frame(seed=31, sizes=(6, 30), n_groups=4, n_unit=2, n_group=1)
+    frame["x2"] = np.round(frame["x2"])
+    roles.pop("outcome")
+    no_outcome = hierps.Model(frame, **roles).design
+    again = result_of(no_outcome, result.idata)
+    assert "estimands" not in again.idata.children
+
+
+def test_stored_group_codes_of_the_same_data_are_accepted(study):
+    design, tree = study
+    same = tree.copy(deep=True)
+    same["constant_data"] = pd.DataFrame({"group_index": design.group_codes}).to_xarray()
+    result_of(design, same)
+
+
+def test_exact_messages_of_from_idata(study):
+    design, tree = study
+    with pytest.raises(ValueError, match=r"use loss='bernoulli' for estimand='ate'$"):
+        check_estimand_loss("ate", "calibrated")
+    no_alpha = tree.copy(deep=True)
+    no_alpha["posterior"] = no_alpha["posterior"].to_dataset().drop_vars("alpha")
+    with pytest.raises(
+        ValueError, match=r"^the posterior has no 'alpha'; was it sampled from hierps' model\?$"
+    ):
+        from_idata(design, no_alpha)
+    no_beta = tree.copy(deep=True)
+    no_beta["posterior"] = no_beta["posterior"].to_dataset().drop_vars("beta")
+    with pytest.raises(
+        ValueError, match=r"^the posterior has no 'beta' but the design has unit covariates$"
+    ):
+        from_idata(design, no_beta)
+    renamed = tree.copy(deep=True)
+    renamed["posterior"] = renamed["posterior"].to_dataset().assign_coords(group=list("abcd"))
+    with pytest.raises(
+        ValueError,
+        match=r"^the posterior's groups differ from the design's: it was sampled on other data$",
+    ):
+        from_idata(design, renamed)
+
+
+def test_a_design_with_group_covariates_only():
+    frame, roles = make_frame(seed=35, sizes=(6, 20), n_groups=4, n_unit=1, n_group=1)
+    roles["unit_covariates"] = []
+    model = hierps.Model(frame, **roles)
+    fit = model.fit_map()
+    tree = hand_built_tree(fit, chains=1, draws=3)
+    result = result_of(model.design, tree, uncertainty="propensity")
+    alpha = tree["posterior"]["alpha"].to_numpy()[0]
+    treated = model.design.treatment == 1
+    w = np.where(treated, 1.0, np.exp(alpha[:, model.design.group_codes]))
+    np.testing.assert_allclose(result.idata["weights"]["weight_draws"].to_numpy()[0], w)
