@@ -423,17 +423,8 @@ def _standardize(covariates: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return standardized, scaling
 
 
-def _sample(
-    estimate: np.ndarray,
-    se: np.ndarray,
-    covariates: pd.DataFrame,
-    draws: int,
-    tune: int,
-    chains: int,
-    random_seed: int | None,
-    sampler: str,
-    progressbar: bool,
-) -> xr.DataTree:
+def _pooling_model(estimate: np.ndarray, se: np.ndarray, covariates: pd.DataFrame):
+    """The pooling model of the module docstring as a ``pymc.Model`` (not yet sampled)."""
     import pymc as pm
     import pytensor.tensor as pt
 
@@ -442,7 +433,7 @@ def _sample(
         # All estimates equal: scale the priors by the typical standard error instead.
         spread = float(np.sqrt(np.mean(se**2)))
     coords = {"group": list(covariates.index), "covariate": [str(c) for c in covariates.columns]}
-    with pm.Model(coords=coords):
+    with pm.Model(coords=coords) as model:
         mu_tau = pm.Normal("mu_tau", 0.0, 10.0 * spread)
         sigma_tau = pm.HalfNormal("sigma_tau", spread)
         # Without moderators the regression line is μ_τ in every group.
@@ -455,6 +446,23 @@ def _sample(
         z = pm.Normal("z", 0.0, 1.0, dims="group")
         theta = pm.Deterministic("theta", fitted + sigma_tau * z, dims="group")
         pm.Normal("estimate", mu=theta, sigma=se, observed=estimate, dims="group")
+    return model
+
+
+def _sample(
+    estimate: np.ndarray,
+    se: np.ndarray,
+    covariates: pd.DataFrame,
+    draws: int,
+    tune: int,
+    chains: int,
+    random_seed: int | None,
+    sampler: str,
+    progressbar: bool,
+) -> xr.DataTree:
+    import pymc as pm
+
+    with _pooling_model(estimate, se, covariates):
         return pm.sample(
             draws=draws,
             tune=tune,
