@@ -7,8 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import make_frame
-from posterior_helpers import hand_built_tree
+from helpers import hand_built_tree, make_frame
 
 import hierps
 from hierps.exceptions import HierpsWarning

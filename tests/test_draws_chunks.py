@@ -6,8 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import make_frame
-from posterior_helpers import hand_built_tree
+from helpers import hand_built_tree, make_frame
 
 import hierps
 import hierps.posterior.draws as draws_module
@@ -68,9 +67,9 @@ def test_the_chunk_size_bounds_the_draws_per_chunk(study, monkeypatch):
     sizes = []
     original = draws_module._bootstrap_masses
 
-    def recording(rng, cells, outcome, n_draws):
+    def recording(rng, cells, outcome, n_draws, *rest):
         sizes.append(n_draws)
-        return original(rng, cells, outcome, n_draws)
+        return original(rng, cells, outcome, n_draws, *rest)
 
     monkeypatch.setattr(draws_module, "_bootstrap_masses", recording)
     monkeypatch.setattr(draws_module, "CHUNK_ELEMENTS", 10 * per_draw(design) + 3)

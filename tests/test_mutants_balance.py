@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import make_frame
+from helpers import make_frame
 
 import hierps
 from hierps.balance.statistics import (

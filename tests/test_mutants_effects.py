@@ -10,8 +10,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
-from posterior_helpers import hand_built_tree
+from helpers import hand_built_tree, make_frame
 
 import hierps
 import hierps.posterior.draws as draws_module
@@ -257,13 +256,14 @@ def test_groups_without_controls_are_named_and_counted():
     with pytest.warns(HierpsWarning) as caught:
         result = from_idata(model.design, tree, uncertainty="propensity")
     message = " ".join(str(w.message) for w in caught)
-    assert "'s003'" in message and f"their {n_last} treated unit(s) are excluded" in message
+    assert "'s003'" in message and f"the ATT excludes them — {n_last} of " in message
+    assert "treated unit(s) left out" in message
     assert np.isnan(result.idata["estimands"]["catt"].isel(group=3)).all()
     assert np.isfinite(result.idata["estimands"]["att"]).all()
     with pytest.warns(HierpsWarning) as caught:
         from_idata(model.design, tree, uncertainty="propensity", estimand="ate")
     message = " ".join(str(w.message) for w in caught)
-    assert "'s003'" in message and f"their {n_last} unit(s) are excluded from the ATE" in message
+    assert "'s003'" in message and f"the ATE excludes them — {n_last} of " in message
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -337,8 +337,8 @@ def test_argument_and_loss_checks_of_from_idata(study):
     design, tree = study
     with pytest.raises(ValueError, match=r"^uncertainty='none' is not one of "):
         from_idata(design, tree, uncertainty="none")
-    with pytest.raises(ValueError, match=r"^estimand='atc' is not one of "):
-        from_idata(design, tree, estimand="atc")
+    with pytest.raises(ValueError, match=r"^estimand='atx' is not one of "):
+        from_idata(design, tree, estimand="atx")
     with pytest.raises(ValueError, match=r"^idata has no 'posterior' group$"):
         from_idata(design, tree.drop_nodes("posterior"))
     calibrated = tree.copy(deep=True)
@@ -387,9 +387,13 @@ def test_groups_lacking_an_arm_are_listed_together():
         model = hierps.Model(frame, **roles)
         fit = model.fit_map()
     tree = hand_built_tree(fit, chains=1, draws=4)
-    with pytest.warns(HierpsWarning, match=r"^group\(s\) 's000', 's002' have no control units"):
+    with pytest.warns(
+        HierpsWarning, match=r"^group\(s\) 's000', 's002' of 'school' have no control"
+    ):
         from_idata(model.design, tree, uncertainty="propensity")
-    with pytest.warns(HierpsWarning, match=r"^group\(s\) 's000', 's002' lack treated or control"):
+    with pytest.warns(
+        HierpsWarning, match=r"^group\(s\) 's000', 's002' of 'school' have no control"
+    ):
         from_idata(model.design, tree, uncertainty="propensity", estimand="ate")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_frame
+from helpers import make_frame
 
 import hierps
 import hierps.effects.catt_pooling as pooling
@@ -296,7 +296,7 @@ def test_pool_catt_defaults_reach_the_sampler(stub):
     quietly(pooling.pool_catt, table)
     (call,) = stub
     assert (call["draws"], call["tune"], call["chains"]) == (1000, 1000, 2)
-    assert (call["random_seed"], call["sampler"], call["progressbar"]) == (None, "nutpie", True)
+    assert (call["random_seed"], call["sampler"], call["progressbar"]) == (None, "nutpie", None)
 
 
 def test_pool_catt_checks_its_settings_exactly(stub):

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import make_frame
+from helpers import make_frame
 
 import hierps
 import hierps.calibrated.newton as newton_module

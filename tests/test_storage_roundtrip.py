@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_frame
+from helpers import make_frame
 
 import hierps
 from hierps._version import __version__

@@ -214,7 +214,10 @@ def diagnose(
             f"scales {', '.join(scales) or 'of the hierarchy'}) is not explored reliably. "
             f"Raise target_accept (e.g. target_accept=0.95), or {hint}"
         )
-    high = table[table["rhat_ok"].eq(False)].sort_values("r_hat", ascending=False)
+    # Population-level entries first (fewer, and they matter most), each kind worst first.
+    high = table[table["rhat_ok"].eq(False)].sort_values(
+        ["group_level", "r_hat"], ascending=[True, False]
+    )
     if len(high):
         problems.append(
             f"R-hat > {_thresholds(high['rhat_max'])} for {_listing(high['r_hat'], '.3f')}: "
