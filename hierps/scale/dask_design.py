@@ -38,7 +38,6 @@ from hierps.design.build import (
     _MAX_LISTED,
     ColumnRoles,
     DesignViews,
-    Spread,
     _check_columns,
     _check_constant_within_groups,
     _encode,
@@ -47,12 +46,10 @@ from hierps.design.build import (
     _level_name,
     _levels,
     _list_labels,
-    _scaling,
     _standardize_method,
-    _standardized,
     _varying_mask,
-    scaling_from_spread,
 )
+from hierps.design.standardize import Spread, scaling, scaling_from_spread, standardized
 from hierps.exceptions import DataError, HierpsWarning
 
 if TYPE_CHECKING:
@@ -218,7 +215,7 @@ class Moments:
         )
 
     def spread(self, names: Sequence[str]) -> Spread:
-        """The :class:`~hierps.design.build.Spread` these moments imply (same rules)."""
+        """The :class:`~hierps.design.standardize.Spread` these moments imply (same rules)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(self.count > 0, self.mean, np.nan)
             sd = np.where(self.count >= 2, np.sqrt(self.m2 / (self.count - 1)), np.nan)
@@ -388,7 +385,7 @@ def build_dask_design(
         ]
     ((treated_moments, control_moments),) = dask.compute(pairs[0])
     overall = treated_moments.merge(control_moments)
-    unit_scaling, dropped = _unit_scaling(
+    unit_scaling, dropped = _unitscaling(
         overall.spread(unit_names),
         treated_moments.spread(unit_names),
         control_moments.spread(unit_names),
@@ -413,11 +410,11 @@ def build_dask_design(
     group_encoded, group_sources = _encode(
         first, roles.group_covariates, categorical, rows="groups"
     )
-    group_scaling, dropped_groups = _scaling(
+    group_scaling, dropped_groups = scaling(
         group_encoded, np.empty(0), method, "group", counts=(n_treated, n_per_group - n_treated)
     )
     group_encoded = group_encoded.drop(columns=dropped_groups).set_axis(groups)
-    group_matrix = _standardized(group_encoded, group_scaling)
+    group_matrix = standardized(group_encoded, group_scaling)
     varying = _varying_mask(tuple(unit_names), unit_sources, roles.varying_slopes)
     return DaskDesign(
         roles=roles,
@@ -445,10 +442,10 @@ def _dtype_name(dtype: object) -> object:
     return "str" if isinstance(dtype, pd.StringDtype) else dtype
 
 
-def _unit_scaling(
+def _unitscaling(
     overall: Spread, treated: Spread, control: Spread, method: str
 ) -> tuple[pd.DataFrame, list[str]]:
-    # One call deeper, as _scaling is in build_design: the warnings point at the user's call.
+    # One call deeper, as scaling is in build_design: the warnings point at the user's call.
     return scaling_from_spread(overall, treated, control, method=method, level="unit")
 
 
