@@ -144,7 +144,7 @@ def _lay_out_patterns(design: Design) -> _BernoulliData:
 def _bernoulli_problem(
     design: Design, data: _BernoulliData, hyperparameters: MapHyperparameters
 ) -> CalibratedProblem:
-    from hierps.calibrated.fit import hierarchical_problem
+    from hierps.calibrated.hierarchy import hierarchical_problem
 
     # The priors of the MAP problem, on the layout of all patterns.
     priors = hierarchical_problem(design, hyperparameters)

@@ -252,7 +252,7 @@ def newton_solve(
     ----------
     problem
         From :func:`hierps.calibrated.problem.make_problem` or
-        :func:`hierps.calibrated.fit.hierarchical_problem`.
+        :func:`hierps.calibrated.hierarchy.hierarchical_problem`.
     theta_global, theta_local
         Starting point (``theta_local`` ``(J, K)`` in the input's group order); by default
         ``a0 = log(n_treated / n_controls)`` and the rest 0.

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from hierps.calibrated.arms import arms_of
-from hierps.calibrated.fit import MapResult, hierarchical_problem
+from hierps.calibrated.fit import MapResult
+from hierps.calibrated.hierarchy import hierarchical_problem
 from hierps.calibrated.newton import (
     ARMIJO,
     NewtonTrace,
