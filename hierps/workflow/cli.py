@@ -170,10 +170,14 @@ def _staged_output(out: Path, state: dict) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     retired = out.parent / f".{out.name}.previous-{os.getpid()}"
-    held = {signal.SIGINT, signal.SIGTERM}
-    # Not on Windows: there the swap is two renames without the signals held back.
-    mask = getattr(signal, "pthread_sigmask", lambda how, signals: None)
-    mask(signal.SIG_BLOCK, held)
+    # Signals that arrive during the swap are held and delivered after it. Handlers, not a
+    # thread's signal mask: the interpreter runs handlers in the main thread even when another
+    # thread (the sampler's, BLAS's) is the one the signal reached.
+    pending: list[int] = []
+    held = [signal.SIGINT, signal.SIGTERM]
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held
+    }
     try:
         if out.exists():
             os.rename(out, retired)
@@ -182,7 +186,10 @@ def _staged_output(out: Path, state: dict) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        mask(signal.SIG_UNBLOCK, held)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def _print_version(value: bool) -> None:
