@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -162,12 +161,20 @@ def _staged_output(out: Path, state: dict) -> Iterator[Path]:
                 f"give a new or an earlier output directory"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # Named before it exists, so an interruption at any point after can remove it.
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
+        staging.mkdir()
         yield staging
         (staging / OUTPUT_MARKER).write_text("written by hierps fit\n")
     except BaseException:
+        # A second signal must not cut the clean-up short.
+        ignored = {
+            sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         shutil.rmtree(staging, ignore_errors=True)
+        for sig, handler in ignored.items():
+            signal.signal(sig, handler)
         raise
     retired = out.parent / f".{out.name}.previous-{os.getpid()}"
     # Signals that arrive during the swap are held and delivered after it. Handlers, not a
