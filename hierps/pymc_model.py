@@ -12,6 +12,7 @@ pattern and nothing changes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,15 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from hierps.design.build import Design
+from hierps.design.coding import Block
 from hierps.design.hyperparameters import FIXED_SCALE_DEFAULTS, HYPERPRIOR_SCALES, check_fixed
 from hierps.exceptions import ArgumentError
-from hierps.pymc_coding import CODINGS, coding_of, identified_deviations, identified_normal
+from hierps.pymc_coding import (
+    CODINGS,
+    coding_of,
+    identified_deviations,
+    identified_normal,
+)
 
 __all__ = ["LOSSES", "Patterns", "build_pymc", "compress", "coords_of", "pattern_data"]
 
@@ -142,6 +149,25 @@ def coords_of(design: Design, patterns: Patterns | None = None) -> dict[str, lis
     return {name: values for name, values in coords.items() if values is not None}
 
 
+def _coefficients(
+    model: pm.Model,
+    name: str,
+    scale: float,
+    coding: tuple[Sequence[Block], Sequence[str]] | None,
+    dim: str,
+    contrast_dim: str,
+) -> pt.TensorVariable:
+    """Normal coefficients over ``dim``; with categorical blocks in ``coding`` (blocks, free
+    coefficient names), each block's levels in the identified coding (see
+    :func:`hierps.pymc_coding.identified_normal`)."""
+    if coding is None or not coding[0]:
+        return pm.Normal(name, 0.0, scale, dims=dim)
+    blocks, free = coding
+    model.add_coord(contrast_dim, free)
+    n = len(model.coords[dim])
+    return identified_normal(name, scale, n, blocks, dims=(dim, contrast_dim))
+
+
 def build_pymc(
     design: Design,
     loss: str = "bernoulli",
@@ -239,17 +265,14 @@ def build_pymc(
             group_design = pm.Data(
                 "group_design", design.group_matrix, dims=("group", "group_covariate")
             )
-            if blocks is not None and blocks.group:
-                model.add_coord("group_contrast", blocks.group_free)
-                gamma = identified_normal(
-                    "gamma",
-                    scales["sigma_gamma"],
-                    len(design.group_names),
-                    blocks.group,
-                    dims=("group_covariate", "group_contrast"),
-                )
-            else:
-                gamma = pm.Normal("gamma", 0.0, scales["sigma_gamma"], dims="group_covariate")
+            gamma = _coefficients(
+                model,
+                "gamma",
+                scales["sigma_gamma"],
+                None if blocks is None else (blocks.group, blocks.group_free),
+                "group_covariate",
+                "group_contrast",
+            )
             # A broadcast product summed, not pt.dot: numba lowers Dot to a BLAS call whose
             # wrapper code is large, and nutpie re-links and re-optimizes the whole logp
             # graph in every process, so Dot alone costs seconds of compilation per fit.
@@ -265,17 +288,14 @@ def build_pymc(
             pattern_design = pm.Data(
                 "pattern_design", patterns.design, dims=("pattern", "unit_covariate")
             )
-            if blocks is not None and blocks.unit:
-                model.add_coord("unit_contrast", blocks.unit_free)
-                mu_beta = identified_normal(
-                    "mu_beta",
-                    scales["sigma_mu_beta"],
-                    n_unit,
-                    blocks.unit,
-                    dims=("unit_covariate", "unit_contrast"),
-                )
-            else:
-                mu_beta = pm.Normal("mu_beta", 0.0, scales["sigma_mu_beta"], dims="unit_covariate")
+            mu_beta = _coefficients(
+                model,
+                "mu_beta",
+                scales["sigma_mu_beta"],
+                None if blocks is None else (blocks.unit, blocks.unit_free),
+                "unit_covariate",
+                "unit_contrast",
+            )
             if len(varying_index) > 0:
                 if blocks is not None and blocks.varying and "sigma_beta" not in values:
                     # One scale per covariate; a categorical's is the SD of the level deviations

@@ -137,5 +137,5 @@ def test_series_weights_align_on_the_index(study):
     shuffled = weights.sample(frac=1.0, random_state=0)
     wrapped = weights_result(model, shuffled)
     np.testing.assert_allclose(wrapped.weights.to_numpy(), weights.to_numpy())
-    with pytest.raises(ValueError, match="no weight for"):
+    with pytest.raises(ValueError, match="units of the design have no weight"):
         weights_result(model, weights.iloc[1:])

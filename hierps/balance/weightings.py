@@ -116,12 +116,7 @@ def weights_result(source: Any, weights: Any, label: str = "user weights") -> We
     if isinstance(weights, pd.Series):
         if weights.index.has_duplicates or not weights.index.isin(design.index).all():
             raise ValueError("weights: a Series must be indexed by the design's units, once each")
-        missing = ~design.index.isin(weights.index)
-        if missing.any():
-            raise ValueError(
-                f"weights: no weight for {int(missing.sum())} units of the design "
-                f"(first: {design.index[missing][0]!r})"
-            )
+        _check_every_unit(weights.index, design, "have no weight")
         values = weights.reindex(design.index).to_numpy(dtype=float)
     else:
         values = np.asarray(weights, dtype=float).reshape(-1)
@@ -138,17 +133,22 @@ def weights_result(source: Any, weights: Any, label: str = "user weights") -> We
     return WeightsResult(design, pd.Series(values, index=design.index, name="weight"), label)
 
 
+def _check_every_unit(index: pd.Index, design: Design, problem: str) -> None:
+    """Raise naming the first of the design's units missing from ``index``."""
+    missing = ~design.index.isin(index)
+    if missing.any():
+        raise ValueError(
+            f"weights: {int(missing.sum())} units of the design {problem} "
+            f"(first: {design.index[missing][0]!r})"
+        )
+
+
 def _selection_weights(selection: Any, design: Design) -> pd.Series:
     """A selection's 0/1 weights on the design's units, checked against its treated units."""
     weights = selection.weights
     if weights.index.has_duplicates:
         raise ValueError("weights: the selection's units must be labelled once each")
-    missing = ~design.index.isin(weights.index)
-    if missing.any():
-        raise ValueError(
-            f"weights: {int(missing.sum())} units of the design are not in the selection "
-            f"(first: {design.index[missing][0]!r})"
-        )
+    _check_every_unit(weights.index, design, "are not in the selection")
     weights = weights.reindex(design.index)
     dropped = (design.treatment == 1) & (weights.to_numpy() == 0)
     if dropped.any():

@@ -29,7 +29,7 @@ from hierps.calibrated.hierarchy import hierarchical_problem, relative_to_larges
 from hierps.calibrated.newton import NewtonTrace, newton_solve
 from hierps.calibrated.problem import CalibratedProblem
 from hierps.design.build import Design
-from hierps.design.hyperparameters import MapHyperparameters
+from hierps.design.hyperparameters import MapHyperparameters, given_scales
 from hierps.effects.estimands import GroupSums, att_from_catt, catt_from_weights, kish_ess
 from hierps.effects.inestimable import excluded_treated, warn_inestimable
 from hierps.exceptions import (
@@ -123,14 +123,7 @@ def fit_map(
             f"init has {init.design.n_groups} groups but the design has {design.n_groups}: "
             f"warm starts need a fit of the same design"
         )
-    given = {
-        "sigma_alpha": sigma_alpha,
-        "sigma_beta": sigma_beta,
-        "sigma_mu_beta": sigma_mu_beta,
-        "sigma_gamma": sigma_gamma,
-        "sigma_intercept": sigma_intercept,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
+    given = given_scales(sigma_alpha, sigma_beta, sigma_mu_beta, sigma_gamma, sigma_intercept)
     selection = None
     auto = [name for name, value in given.items() if isinstance(value, str) and value == "auto"]
     if auto:

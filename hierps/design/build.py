@@ -38,13 +38,26 @@ class ColumnRoles:
     weights: str | None = None
 
 
+@dataclass(frozen=True, eq=False, repr=False, kw_only=True)
 class DesignViews:
-    """Views shared by every design, in memory or on Dask: sizes, names and the summary.
+    """What every design holds, in memory or on Dask: the per-group arrays, the names and the
+    scaling, with the views built on them (sizes, names and the summary).
 
-    A design provides ``roles``, ``groups``, ``unit_names``, ``varying``, ``group_matrix``,
-    ``group_names``, ``group_scaling``, ``standardize``, ``n_units``, ``treated_per_group`` and
+    A subclass adds the unit rows and provides ``n_units``, ``treated_per_group`` and
     ``units_per_group``.
     """
+
+    roles: ColumnRoles
+    groups: pd.Index
+    unit_names: tuple[str, ...]
+    group_matrix: np.ndarray
+    group_names: tuple[str, ...]
+    varying: np.ndarray
+    unit_scaling: pd.DataFrame
+    group_scaling: pd.DataFrame
+    standardize: str
+    unit_sources: dict[str, str] = field(default_factory=dict)
+    group_sources: dict[str, str] = field(default_factory=dict)
 
     #: Words after "hierps design" in the summary's first line (e.g. the partition count).
     _summary_kind = ""
@@ -95,7 +108,7 @@ class DesignViews:
         return self.summary()
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(frozen=True, eq=False, repr=False, kw_only=True)
 class Design(DesignViews):
     """The validated arrays of a multilevel study, ready for the model and the solver.
 
@@ -105,22 +118,11 @@ class Design(DesignViews):
     every column so that results can be reported on the original scale.
     """
 
-    roles: ColumnRoles
     index: pd.Index
     treatment: np.ndarray
     outcome: np.ndarray | None
-    groups: pd.Index
     group_codes: np.ndarray
     unit_matrix: np.ndarray
-    unit_names: tuple[str, ...]
-    group_matrix: np.ndarray
-    group_names: tuple[str, ...]
-    varying: np.ndarray
-    unit_scaling: pd.DataFrame
-    group_scaling: pd.DataFrame
-    standardize: str
-    unit_sources: dict[str, str] = field(default_factory=dict)
-    group_sources: dict[str, str] = field(default_factory=dict)
     # Base (survey or frequency) weights of the units; None means every unit weighs 1.
     base_weights: np.ndarray | None = None
 
@@ -335,6 +337,39 @@ def _check_constant_within_groups(frame: pd.DataFrame, group: str, names: Sequen
             )
 
 
+def check_roles(frame: pd.DataFrame, roles: ColumnRoles) -> None:
+    """Check that the columns the roles name exist (in ``frame``, or a Dask frame's meta) and
+    that no column plays two parts."""
+    _check_columns(frame, [roles.treatment], "treatment")
+    _check_columns(frame, [roles.group], "group")
+    if roles.outcome is not None:
+        _check_columns(frame, [roles.outcome], "outcome")
+    _check_columns(frame, roles.unit_covariates, "unit covariate")
+    _check_columns(frame, roles.group_covariates, "group covariate")
+    _check_columns(frame, roles.categorical, "categorical")
+    overlap = set(roles.unit_covariates) & set(roles.group_covariates)
+    if overlap:
+        raise DataError(
+            f"columns {_list_labels(sorted(overlap))} are given both as unit and group covariates"
+        )
+    reserved = {
+        roles.treatment: "treatment",
+        roles.group: "group",
+        roles.outcome: "outcome",
+        roles.weights: "weights",
+    }
+    for name in (*roles.unit_covariates, *roles.group_covariates):
+        if name in reserved:
+            raise DataError(
+                f"column {name!r} cannot be both a covariate and the {reserved[name]} column"
+            )
+    undeclared = set(roles.categorical) - set(roles.unit_covariates) - set(roles.group_covariates)
+    if undeclared:
+        raise DataError(
+            f"categorical columns {_list_labels(sorted(undeclared))} are not among the covariates"
+        )
+
+
 def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | str) -> Design:
     """Validate the frame against the column roles and build the model's arrays.
 
@@ -365,34 +400,7 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
             f"the data frame's index has duplicated labels {_list_labels(duplicated)}; "
             f"weights are reported on the index, so make it unique (e.g. reset_index())"
         )
-    _check_columns(frame, [roles.treatment], "treatment")
-    _check_columns(frame, [roles.group], "group")
-    if roles.outcome is not None:
-        _check_columns(frame, [roles.outcome], "outcome")
-    _check_columns(frame, roles.unit_covariates, "unit covariate")
-    _check_columns(frame, roles.group_covariates, "group covariate")
-    _check_columns(frame, roles.categorical, "categorical")
-    overlap = set(roles.unit_covariates) & set(roles.group_covariates)
-    if overlap:
-        raise DataError(
-            f"columns {_list_labels(sorted(overlap))} are given both as unit and group covariates"
-        )
-    reserved = {
-        roles.treatment: "treatment",
-        roles.group: "group",
-        roles.outcome: "outcome",
-        roles.weights: "weights",
-    }
-    for name in (*roles.unit_covariates, *roles.group_covariates):
-        if name in reserved:
-            raise DataError(
-                f"column {name!r} cannot be both a covariate and the {reserved[name]} column"
-            )
-    undeclared = set(roles.categorical) - set(roles.unit_covariates) - set(roles.group_covariates)
-    if undeclared:
-        raise DataError(
-            f"categorical columns {_list_labels(sorted(undeclared))} are not among the covariates"
-        )
+    check_roles(frame, roles)
     _check_values(frame, roles)
 
     treatment = _validate_treatment(frame, roles.treatment)
@@ -417,49 +425,75 @@ def build_design(frame: pd.DataFrame, roles: ColumnRoles, standardize: bool | st
     # repeated by its treated and control counts rather than on a copy per unit.
     _, first_rows = np.unique(codes, return_index=True)
     group_rows = frame.iloc[first_rows]
-    group_encoded, group_sources = _encode(
-        group_rows, roles.group_covariates, categorical, rows="groups"
-    )
-    validation.check_spread(group_encoded, group_sources, "group")
     if base_weights is None:
-        n_treated = np.bincount(codes, weights=treatment, minlength=len(group_encoded))
-        n_units = np.bincount(codes, minlength=len(group_encoded))
+        n_treated = np.bincount(codes, weights=treatment, minlength=len(groups))
+        n_units = np.bincount(codes, minlength=len(groups))
         group_counts = (n_treated, n_units - n_treated)
     else:
         # Frequency weights: each group row stands for its units' base-weight totals per arm.
         group_counts = (
-            np.bincount(codes, weights=base_weights * treatment, minlength=len(group_encoded)),
-            np.bincount(
-                codes, weights=base_weights * (1 - treatment), minlength=len(group_encoded)
-            ),
+            np.bincount(codes, weights=base_weights * treatment, minlength=len(groups)),
+            np.bincount(codes, weights=base_weights * (1 - treatment), minlength=len(groups)),
         )
-    group_scaling, dropped_groups = scaling(
-        group_encoded, treatment, method, "group", counts=group_counts
-    )
-    group_encoded = group_encoded.drop(columns=dropped_groups).set_axis(groups)
-    group_matrix = standardized(group_encoded, group_scaling)
-
-    unit_names = tuple(unit_encoded.columns)
-    varying = _varying_mask(unit_names, unit_sources, roles.varying_slopes)
     return Design(
-        roles=roles,
+        **covariate_fields(roles, method, unit_encoded.columns, unit_sources, unit_scaling),
+        **group_covariate_fields(roles, method, groups, group_rows, group_counts),
         index=frame.index,
         treatment=treatment,
         outcome=outcome,
-        groups=groups,
         group_codes=codes,
         unit_matrix=unit_matrix,
-        unit_names=unit_names,
-        group_matrix=group_matrix,
-        group_names=tuple(group_encoded.columns),
-        varying=varying,
-        unit_scaling=unit_scaling,
-        group_scaling=group_scaling,
-        standardize=method,
-        unit_sources={k: v for k, v in unit_sources.items() if k in unit_names},
-        group_sources={k: v for k, v in group_sources.items() if k in group_encoded.columns},
         base_weights=base_weights,
     )
+
+
+def covariate_fields(
+    roles: ColumnRoles,
+    method: str,
+    unit_names: Sequence[str],
+    unit_sources: dict[str, str],
+    unit_scaling: pd.DataFrame,
+) -> dict[str, object]:
+    """The design fields that name and scale the encoded unit covariates, in memory or on
+    Dask: names, varying-slope mask, scaling table and each column's source column."""
+    unit_names = tuple(unit_names)
+    return {
+        "roles": roles,
+        "standardize": method,
+        "unit_names": unit_names,
+        "varying": _varying_mask(unit_names, unit_sources, roles.varying_slopes),
+        "unit_scaling": unit_scaling,
+        "unit_sources": {k: v for k, v in unit_sources.items() if k in unit_names},
+    }
+
+
+def group_covariate_fields(
+    roles: ColumnRoles,
+    method: str,
+    groups: pd.Index,
+    group_rows: pd.DataFrame,
+    counts: tuple[np.ndarray, np.ndarray],
+) -> dict[str, object]:
+    """The design fields of the group covariates, in memory or on Dask: encoded once per
+    group (``group_rows``, one row per group in the order of ``groups``) and standardized.
+
+    Their centre and scale are those of the per-unit column, computed on one row per group
+    weighted by its treated and control ``counts`` (or base-weight totals) instead of on a
+    copy per unit.
+    """
+    encoded, sources = _encode(
+        group_rows, roles.group_covariates, set(roles.categorical), rows="groups"
+    )
+    validation.check_spread(encoded, sources, "group")
+    group_scaling, dropped = scaling(encoded, np.empty(0), method, "group", counts=counts)
+    encoded = encoded.drop(columns=dropped).set_axis(groups)
+    return {
+        "groups": groups,
+        "group_names": tuple(encoded.columns),
+        "group_matrix": standardized(encoded, group_scaling),
+        "group_scaling": group_scaling,
+        "group_sources": {k: v for k, v in sources.items() if k in encoded.columns},
+    }
 
 
 def validate_base_weights(frame: pd.DataFrame, column: str) -> np.ndarray:

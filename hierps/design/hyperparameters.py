@@ -9,7 +9,7 @@ import numpy as np
 
 from hierps.exceptions import ArgumentError, ArgumentTypeError
 
-__all__ = ["HYPERPARAMETERS", "MapHyperparameters", "check_fixed"]
+__all__ = ["HYPERPARAMETERS", "MapHyperparameters", "check_fixed", "given_scales"]
 
 #: The names users may fix, with what each scales.
 HYPERPARAMETERS: dict[str, str] = {
@@ -71,6 +71,24 @@ def check_fixed(fixed: Mapping[str, object], n_varying: int) -> dict[str, float 
             raise ArgumentError(f"{name} must be positive and finite, not {value!r}")
         checked[name] = float(array) if array.ndim == 0 else array
     return checked
+
+
+def given_scales(
+    sigma_alpha: object = None,
+    sigma_beta: object = None,
+    sigma_mu_beta: object = None,
+    sigma_gamma: object = None,
+    sigma_intercept: object = None,
+) -> dict[str, object]:
+    """The prior scales a caller set, by name; ``None`` (keep the default) left out."""
+    given = {
+        "sigma_alpha": sigma_alpha,
+        "sigma_beta": sigma_beta,
+        "sigma_mu_beta": sigma_mu_beta,
+        "sigma_gamma": sigma_gamma,
+        "sigma_intercept": sigma_intercept,
+    }
+    return {name: value for name, value in given.items() if value is not None}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,18 +38,18 @@ from hierps.design.build import (
     _MAX_LISTED,
     ColumnRoles,
     DesignViews,
-    _check_columns,
     _check_constant_within_groups,
-    _encode,
     _is_categorical,
     _is_zero_or_one,
     _level_name,
     _levels,
     _list_labels,
     _standardize_method,
-    _varying_mask,
+    check_roles,
+    covariate_fields,
+    group_covariate_fields,
 )
-from hierps.design.standardize import Spread, scaling, scaling_from_spread, standardized
+from hierps.design.standardize import Spread, scaling_from_spread
 from hierps.exceptions import DataError, HierpsWarning
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ def _merge_pairs(a: tuple[Moments, Moments], b: tuple[Moments, Moments]) -> tupl
 # ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(frozen=True, eq=False, repr=False, kw_only=True)
 class DaskDesign(DesignViews):
     """A design whose unit rows stay in a Dask DataFrame; per-group arrays in memory.
 
@@ -251,22 +251,11 @@ class DaskDesign(DesignViews):
     unit rows are reached through :attr:`frame` and :attr:`plan`.
     """
 
-    roles: ColumnRoles
     frame: dd.DataFrame
     plan: UnitPlan
     n_units: int
-    groups: pd.Index
     treated_per_group: np.ndarray
     units_per_group: np.ndarray
-    unit_names: tuple[str, ...]
-    group_matrix: np.ndarray
-    group_names: tuple[str, ...]
-    varying: np.ndarray
-    unit_scaling: pd.DataFrame
-    group_scaling: pd.DataFrame
-    standardize: str
-    unit_sources: dict[str, str] = field(default_factory=dict)
-    group_sources: dict[str, str] = field(default_factory=dict)
 
     #: Base weights are not supported on Dask input (the model refuses a weights column).
     base_weights = None
@@ -301,29 +290,7 @@ def build_dask_design(
 
     method = _standardize_method(standardize)
     meta = frame._meta
-    _check_columns(meta, [roles.treatment], "treatment")
-    _check_columns(meta, [roles.group], "group")
-    if roles.outcome is not None:
-        _check_columns(meta, [roles.outcome], "outcome")
-    _check_columns(meta, roles.unit_covariates, "unit covariate")
-    _check_columns(meta, roles.group_covariates, "group covariate")
-    _check_columns(meta, roles.categorical, "categorical")
-    overlap = set(roles.unit_covariates) & set(roles.group_covariates)
-    if overlap:
-        raise DataError(
-            f"columns {_list_labels(sorted(overlap))} are given both as unit and group covariates"
-        )
-    reserved = {roles.treatment: "treatment", roles.group: "group", roles.outcome: "outcome"}
-    for name in (*roles.unit_covariates, *roles.group_covariates):
-        if name in reserved:
-            raise DataError(
-                f"column {name!r} cannot be both a covariate and the {reserved[name]} column"
-            )
-    undeclared = set(roles.categorical) - set(roles.unit_covariates) - set(roles.group_covariates)
-    if undeclared:
-        raise DataError(
-            f"categorical columns {_list_labels(sorted(undeclared))} are not among the covariates"
-        )
+    check_roles(meta, roles)
     categorical = set(roles.categorical)
     level_columns = tuple(
         name for name in roles.unit_covariates if _is_categorical(meta[name], name in categorical)
@@ -407,32 +374,16 @@ def build_dask_design(
     # Group covariates: one row per group, as in build_design.
     first = group_rows.drop_duplicates(subset=[roles.group]).set_index(roles.group, drop=False)
     first = first.loc[list(groups)].reset_index(drop=True)
-    group_encoded, group_sources = _encode(
-        first, roles.group_covariates, categorical, rows="groups"
-    )
-    group_scaling, dropped_groups = scaling(
-        group_encoded, np.empty(0), method, "group", counts=(n_treated, n_per_group - n_treated)
-    )
-    group_encoded = group_encoded.drop(columns=dropped_groups).set_axis(groups)
-    group_matrix = standardized(group_encoded, group_scaling)
-    varying = _varying_mask(tuple(unit_names), unit_sources, roles.varying_slopes)
     return DaskDesign(
-        roles=roles,
+        **covariate_fields(roles, method, unit_names, unit_sources, unit_scaling),
+        **group_covariate_fields(
+            roles, method, groups, first, (n_treated, n_per_group - n_treated)
+        ),
         frame=frame,
         plan=plan,
         n_units=n_units,
-        groups=groups,
         treated_per_group=n_treated,
         units_per_group=n_per_group,
-        unit_names=tuple(unit_names),
-        group_matrix=group_matrix,
-        group_names=tuple(group_encoded.columns),
-        varying=varying,
-        unit_scaling=unit_scaling,
-        group_scaling=group_scaling,
-        standardize=method,
-        unit_sources={k: v for k, v in unit_sources.items() if k in unit_names},
-        group_sources={k: v for k, v in group_sources.items() if k in group_encoded.columns},
     )
 
 

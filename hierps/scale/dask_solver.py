@@ -41,7 +41,7 @@ from hierps.calibrated.newton import (
     group_coefficients,
 )
 from hierps.calibrated.problem import _LAYOUTS, ControlLayout
-from hierps.design.hyperparameters import MapHyperparameters
+from hierps.design.hyperparameters import MapHyperparameters, given_scales
 from hierps.effects.estimands import att_from_catt, effects_from_sums
 from hierps.effects.inestimable import warn_inestimable
 from hierps.exceptions import ConvergenceError
@@ -289,16 +289,8 @@ def fit_map_dask(
     counts Newton directions (each one round trip when the full step is accepted, one more
     per backtracking step).
     """
-    given = {
-        "sigma_alpha": sigma_alpha,
-        "sigma_beta": sigma_beta,
-        "sigma_mu_beta": sigma_mu_beta,
-        "sigma_gamma": sigma_gamma,
-        "sigma_intercept": sigma_intercept,
-    }
-    hyperparameters = MapHyperparameters.from_user(
-        int(design.varying.sum()), **{k: v for k, v in given.items() if v is not None}
-    )
+    given = given_scales(sigma_alpha, sigma_beta, sigma_mu_beta, sigma_gamma, sigma_intercept)
+    hyperparameters = MapHyperparameters.from_user(int(design.varying.sum()), **given)
     if init is not None and not isinstance(init, DaskMapResult):
         raise TypeError(f"init must be a result of a Dask fit, not {type(init).__name__}")
     blocks = design.control_blocks
@@ -372,15 +364,16 @@ def fit_map_dask(
             f"gradient {max_gradient:.3g} > tol={tol:g}; the data may be (nearly) "
             f"separable for these prior scales — try smaller sigma_beta / sigma_alpha"
         )
+    # The control weights stay on the workers: the trace holds none.
     trace = NewtonTrace(
-        theta_global,
-        theta_local,
-        objective,
-        max_gradient,
-        iteration,
-        converged,
-        np.zeros(0),
-        history,
+        theta_global=theta_global,
+        theta_local=theta_local,
+        objective=objective,
+        max_gradient=max_gradient,
+        iterations=iteration,
+        converged=converged,
+        control_weights=np.zeros(0),
+        history=history,
     )
     result = DaskMapResult(design, hyperparameters, problem, trace, data, round_trips)
     result.pass_seconds = pass_seconds

@@ -6,9 +6,10 @@ step's result; nothing here computes statistics of its own beyond arranging tabl
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,19 @@ def check_spec(spec: ModelSpec) -> Model:
     return model
 
 
+@contextlib.contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """Record hierps' warnings of the block instead of showing them: the list yielded holds
+    each distinct message once, in order, when the block ends."""
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", HierpsWarning)
+        yield messages
+    messages.extend(
+        dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, HierpsWarning))
+    )
+
+
 def run_analysis(
     spec: ModelSpec,
     out_dir: str | Path | None = None,
@@ -101,12 +115,9 @@ def run_analysis(
         from hierps.workflow.distributed import run_distributed
 
         return run_distributed(spec, None if out_dir is None else Path(out_dir), report)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", HierpsWarning)
+    with collected_warnings() as messages:
         result = _run(spec, sample, report)
-    result.warnings = list(
-        dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, HierpsWarning))
-    )
+    result.warnings = messages
     if out_dir is not None:
         report("writing outputs")
         from hierps.workflow.report import write_outputs

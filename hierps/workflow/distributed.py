@@ -9,13 +9,11 @@ Parquet directory written by the workers, one file per input partition.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from hierps.exceptions import HierpsWarning
 from hierps.scale.cluster import dask_client
-from hierps.workflow.analysis import AnalysisResult, build_model
+from hierps.workflow.analysis import AnalysisResult, build_model, collected_warnings
 from hierps.workflow.spec import ModelSpec, load_data
 
 __all__ = ["run_distributed", "write_distributed"]
@@ -26,21 +24,20 @@ def run_distributed(
 ) -> AnalysisResult:
     """Validate, fit and (with ``out_dir``) write, on the file's scheduler or a LocalCluster."""
     timings: dict[str, float] = {}
-    with dask_client(spec.data.scheduler), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", HierpsWarning)
-        report("validating the data on the cluster")
-        start = time.perf_counter()
-        frame, _ = load_data(spec)
-        model = build_model(spec, frame)
-        timings["design"] = time.perf_counter() - start
-        report("fitting MAP balancing weights on the cluster")
-        start = time.perf_counter()
-        fit = model.fit_map(**spec.map_hyperparameters(), max_iterations=spec.map.max_iterations)
-        timings["map"] = time.perf_counter() - start
-        result = AnalysisResult(spec=spec, model=model, map_fit=fit, timings=timings)
-        result.warnings = list(
-            dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, HierpsWarning))
-        )
+    with dask_client(spec.data.scheduler):
+        with collected_warnings() as messages:
+            report("validating the data on the cluster")
+            start = time.perf_counter()
+            frame, _ = load_data(spec)
+            model = build_model(spec, frame)
+            timings["design"] = time.perf_counter() - start
+            report("fitting MAP balancing weights on the cluster")
+            start = time.perf_counter()
+            options = spec.map_hyperparameters()
+            fit = model.fit_map(**options, max_iterations=spec.map.max_iterations)
+            timings["map"] = time.perf_counter() - start
+            result = AnalysisResult(spec=spec, model=model, map_fit=fit, timings=timings)
+        result.warnings = messages
         if out_dir is not None:
             report("writing outputs")
             result.files = write_distributed(result, Path(out_dir))
