@@ -136,12 +136,18 @@ def check_columns(name: str, value: object, optional: bool = False) -> tuple | N
     return tuple(value)
 
 
-def check_sampling(draws: object, tune: object, chains: object, random_seed: object) -> None:
+def check_sampling(
+    draws: object, tune: object, chains: object, random_seed: object
+) -> dict[str, object]:
     """The usual arguments of a sampling call: ``draws``, ``chains`` ≥ 1, ``tune`` ≥ 0 and a
-    seed (not a ``SeedSequence``, which the samplers do not take)."""
+    seed (not a ``SeedSequence``, which the samplers do not take).
+
+    Returns them as the keyword arguments of ``pm.sample`` and Bambi's ``fit``.
+    """
     check_integer("draws", draws)
     check_integer("tune", tune, minimum=0)
     check_integer("chains", chains)
     if isinstance(random_seed, np.random.SeedSequence):
         raise ArgumentTypeError("random_seed must be None, an integer or a Generator here")
     check_seed("random_seed", random_seed)
+    return {"draws": draws, "tune": tune, "chains": chains, "random_seed": random_seed}

@@ -12,7 +12,6 @@ pattern and nothing changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +19,11 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from hierps.design.build import Design
-from hierps.design.coding import Block
 from hierps.design.hyperparameters import FIXED_SCALE_DEFAULTS, HYPERPRIOR_SCALES, check_fixed
 from hierps.exceptions import ArgumentError
 from hierps.pymc_coding import (
     CODINGS,
+    Coding,
     coding_of,
     identified_deviations,
     identified_normal,
@@ -150,22 +149,18 @@ def coords_of(design: Design, patterns: Patterns | None = None) -> dict[str, lis
 
 
 def _coefficients(
-    model: pm.Model,
-    name: str,
-    scale: float,
-    coding: tuple[Sequence[Block], Sequence[str]] | None,
-    dim: str,
-    contrast_dim: str,
+    model: pm.Model, name: str, scale: float, blocks: Coding | None, level: str
 ) -> pt.TensorVariable:
-    """Normal coefficients over ``dim``; with categorical blocks in ``coding`` (blocks, free
-    coefficient names), each block's levels in the identified coding (see
+    """Normal coefficients of the ``level`` ("unit" or "group") covariates; with categorical
+    blocks, each block's levels in the identified coding (see
     :func:`hierps.pymc_coding.identified_normal`)."""
-    if coding is None or not coding[0]:
+    dim = f"{level}_covariate"
+    level_blocks = [] if blocks is None else getattr(blocks, level)
+    if not level_blocks:
         return pm.Normal(name, 0.0, scale, dims=dim)
-    blocks, free = coding
-    model.add_coord(contrast_dim, free)
+    model.add_coord(f"{level}_contrast", getattr(blocks, f"{level}_free"))
     n = len(model.coords[dim])
-    return identified_normal(name, scale, n, blocks, dims=(dim, contrast_dim))
+    return identified_normal(name, scale, n, level_blocks, dims=(dim, f"{level}_contrast"))
 
 
 def build_pymc(
@@ -265,14 +260,7 @@ def build_pymc(
             group_design = pm.Data(
                 "group_design", design.group_matrix, dims=("group", "group_covariate")
             )
-            gamma = _coefficients(
-                model,
-                "gamma",
-                scales["sigma_gamma"],
-                None if blocks is None else (blocks.group, blocks.group_free),
-                "group_covariate",
-                "group_contrast",
-            )
+            gamma = _coefficients(model, "gamma", scales["sigma_gamma"], blocks, "group")
             # A broadcast product summed, not pt.dot: numba lowers Dot to a BLAS call whose
             # wrapper code is large, and nutpie re-links and re-optimizes the whole logp
             # graph in every process, so Dot alone costs seconds of compilation per fit.
@@ -288,14 +276,7 @@ def build_pymc(
             pattern_design = pm.Data(
                 "pattern_design", patterns.design, dims=("pattern", "unit_covariate")
             )
-            mu_beta = _coefficients(
-                model,
-                "mu_beta",
-                scales["sigma_mu_beta"],
-                None if blocks is None else (blocks.unit, blocks.unit_free),
-                "unit_covariate",
-                "unit_contrast",
-            )
+            mu_beta = _coefficients(model, "mu_beta", scales["sigma_mu_beta"], blocks, "unit")
             if len(varying_index) > 0:
                 if blocks is not None and blocks.varying and "sigma_beta" not in values:
                     # One scale per covariate; a categorical's is the SD of the level deviations

@@ -15,6 +15,7 @@ from helpers import make_frame
 
 import hierps
 import hierps.effects.catt_pooling as pooling
+from hierps.arguments import check_sampling
 from hierps.exceptions import DataError, HierpsWarning
 from hierps.mcmc.summary import summarize_draws
 
@@ -134,16 +135,13 @@ def stub_tree(estimate, covariates, chains=2, draws=400, divergences=0, seed=0):
 def stub(monkeypatch):
     calls = []
 
-    def sample(estimate, se, covariates, draws, tune, chains, random_seed, sampler, progressbar):
+    def sample(estimate, se, covariates, sampling, sampler, progressbar):
         calls.append(
             dict(
                 estimate=estimate,
                 se=se,
                 covariates=covariates,
-                draws=draws,
-                tune=tune,
-                chains=chains,
-                random_seed=random_seed,
+                **sampling,
                 sampler=sampler,
                 progressbar=progressbar,
             )
@@ -442,7 +440,8 @@ def test_the_sampler_gets_the_pooling_model_and_the_settings(monkeypatch):
     monkeypatch.setattr(pm, "sample", fake_sample)
     estimate, se = np.array([1.0, 2.0, 0.5]), np.array([0.3, 0.4, 0.5])
     covariates = pd.DataFrame({"v": [-1.0, 0.0, 1.0]}, index=["a", "b", "c"])
-    out = pooling._sample(estimate, se, covariates, 11, 12, 3, 13, "pymc", False)
+    sampling = check_sampling(11, 12, 3, 13)
+    out = pooling._sample(estimate, se, covariates, sampling, "pymc", False)
     assert out == "tree"
     assert {k: seen[k] for k in ("draws", "tune", "chains", "random_seed")} == dict(
         draws=11, tune=12, chains=3, random_seed=13

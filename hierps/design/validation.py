@@ -34,6 +34,7 @@ __all__ = [
     "check_finite",
     "check_group_ids",
     "check_spread",
+    "constant_columns",
 ]
 
 #: Text columns with more distinct values than this are taken for IDs unless declared
@@ -227,3 +228,14 @@ def check_spread(values: pd.DataFrame, sources: dict, level: str) -> None:
                 f"underflows to {spread:.3g} (largest |value| {largest:.3g}); rescale it "
                 f"(e.g. multiply by a power of ten)"
             )
+
+
+def constant_columns(spread: pd.Series, warning: str) -> list[str]:
+    """The columns whose spread is zero (to 1e-12), each named once in one warning.
+
+    ``warning`` is a message with a ``{columns}`` field, filled with the quoted names.
+    """
+    constant = [str(name) for name in spread.index if not spread[name] > 1e-12]
+    if constant:
+        warn(warning.format(columns=", ".join(repr(name) for name in constant)))
+    return constant

@@ -27,6 +27,7 @@ import xarray as xr
 from hierps.arguments import check_sampling
 from hierps.calibrated.fit import MapResult
 from hierps.design.build import Design, _close_matches, _list_labels
+from hierps.design.validation import constant_columns
 from hierps.effects.estimands import GroupSums
 from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, HierpsWarning, warn
 from hierps.mcmc.conventions import CI_PROB, check_sampler, show_progress
@@ -245,7 +246,7 @@ def pool_catt(
         divergences or R-hat above 1.01.
     """
     check_sampler(sampler, SAMPLERS)
-    check_sampling(draws, tune, chains, random_seed)
+    sampling = check_sampling(draws, tune, chains, random_seed)
     if not 0 < ci_prob < 1:
         raise ArgumentError(f"ci_prob={ci_prob!r} must be between 0 and 1")
     table, covariates = pooling_inputs(result, group_covariates)
@@ -258,9 +259,7 @@ def pool_catt(
     covariates, scaling = _standardize(covariates[usable])
     estimate = table["estimate"].to_numpy()[usable]
     se = table["se"].to_numpy()[usable]
-    idata = _sample(
-        estimate, se, covariates, draws, tune, chains, random_seed, sampler, progressbar
-    )
+    idata = _sample(estimate, se, covariates, sampling, sampler, progressbar)
     _warn_sampling(idata)
     return PooledCATT(
         catt=_group_table(table, usable, idata, ci_prob),
@@ -405,14 +404,11 @@ def _standardize(covariates: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Centre and scale over the pooled groups; covariates without variation are dropped."""
     center = covariates.mean()
     scale = covariates.std(ddof=1) if len(covariates) > 1 else covariates.std(ddof=0)
-    constant = [str(name) for name in covariates.columns if not scale[name] > 1e-12]
-    if constant:
-        warnings.warn(
-            f"group covariates {', '.join(repr(c) for c in constant)} do not vary across the "
-            f"pooled groups and are dropped from the pooling model",
-            HierpsWarning,
-            stacklevel=3,
-        )
+    constant = constant_columns(
+        scale,
+        "group covariates {columns} do not vary across the pooled groups and are dropped "
+        "from the pooling model",
+    )
     kept = [name for name in covariates.columns if str(name) not in constant]
     clash = [name for name in kept if name in _RESERVED]
     if clash:
@@ -453,24 +449,15 @@ def _sample(
     estimate: np.ndarray,
     se: np.ndarray,
     covariates: pd.DataFrame,
-    draws: int,
-    tune: int,
-    chains: int,
-    random_seed: int | None,
+    sampling: dict[str, object],
     sampler: str,
-    progressbar: bool,
+    progressbar: bool | None,
 ) -> xr.DataTree:
+    """Sample the pooling model; ``sampling`` holds draws, tune, chains and the seed."""
     import pymc as pm
 
     with _pooling_model(estimate, se, covariates):
-        return pm.sample(
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            random_seed=random_seed,
-            nuts_sampler=sampler,
-            progressbar=show_progress(progressbar),
-        )
+        return pm.sample(**sampling, nuts_sampler=sampler, progressbar=show_progress(progressbar))
 
 
 def _warn_sampling(idata: xr.DataTree) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import keyword
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,8 +25,9 @@ import xarray as xr
 from hierps.arguments import check_sampling
 from hierps.calibrated.fit import MapResult
 from hierps.design.build import Design
+from hierps.design.validation import constant_columns
 from hierps.effects.estimands import GroupSums, att_from_catt, catt_from_weights
-from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, HierpsWarning, warn
+from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, warn
 from hierps.mcmc.conventions import CI_PROB, check_sampler, show_progress
 from hierps.mcmc.diagnosis import diagnose
 from hierps.mcmc.summary import summarize_draws
@@ -194,7 +194,7 @@ def fit_outcome_model(
     if family not in FAMILIES:
         raise ArgumentError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
     check_sampler(sampler, SAMPLERS)
-    check_sampling(draws, tune, chains, random_seed)
+    sampling = check_sampling(draws, tune, chains, random_seed)
     user_formula = formula is not None
     if not user_formula:
         if data is not None:
@@ -212,14 +212,7 @@ def fit_outcome_model(
     model = bmb.Model(formula, frame[controls].reset_index(drop=True), family=family)
     if user_formula:
         _check_response(model, design)
-    idata = model.fit(
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        random_seed=random_seed,
-        inference_method=sampler,
-        progressbar=show_progress(progressbar),
-    )
+    idata = model.fit(**sampling, inference_method=sampler, progressbar=show_progress(progressbar))
     for problem in diagnose(idata).problems:
         warn(f"the outcome model's sampler reports: {problem}")
     predictions = _predict(model, idata, design, frame, group)
@@ -243,15 +236,11 @@ def _default_spec(design: Design) -> tuple[str, pd.DataFrame, dict[str, str], st
     covariates = covariates.drop(columns=dropped_levels)
     controls = design.treatment == 0
     spread = covariates[controls].std(ddof=0).fillna(0.0)
-    constant = [str(name) for name in covariates.columns if not spread[name] > 1e-12]
-    if constant:
-        warnings.warn(
-            f"covariates {', '.join(repr(c) for c in constant)} do not vary among the controls "
-            f"and are left out of the outcome model",
-            HierpsWarning,
-            stacklevel=3,
-        )
-        covariates = covariates.drop(columns=constant)
+    constant = constant_columns(
+        spread,
+        "covariates {columns} do not vary among the controls and are left out of the outcome model",
+    )
+    covariates = covariates.drop(columns=constant)
 
     taken: set[str] = set()
     response = _formula_name(str(design.roles.outcome), taken)

@@ -93,24 +93,38 @@ def plot_love(
             ),
         ]
         for label, values, marker, face, edge in series:
-            values = np.asarray(values, dtype=float)
-            keep = np.isfinite(values)
-            if keep.any():
-                ax.scatter(
-                    values[keep],
-                    y[keep],
-                    marker=marker,
-                    facecolors=face,
-                    edgecolors=edge,
-                    linewidths=1.1,
-                    s=30,
-                    zorder=3,
-                    label=label,
-                )
+            _points(ax, values, y, marker, face, edge, size=30, label=label)
         _finish_love_axes(ax, threshold, y, labels)
         ax.set_title(f"Covariate balance of the {table.weights}")
         legend(fig, ax, own_figure)
     return fig, ax
+
+
+def _points(
+    ax: Axes,
+    values: Any,
+    y: np.ndarray,
+    marker: str,
+    face: str,
+    edge: str,
+    size: float,
+    label: str | None = None,
+) -> None:
+    """One marker per covariate at (|SMD|, row); covariates without a value are left out."""
+    values = np.asarray(values, dtype=float)
+    keep = np.isfinite(values)
+    if keep.any():
+        ax.scatter(
+            values[keep],
+            y[keep],
+            marker=marker,
+            facecolors=face,
+            edgecolors=edge,
+            linewidths=1.1,
+            s=size,
+            zorder=3,
+            label=label,
+        )
 
 
 #: Markers and colours of compared weightings, in order (Okabe–Ito, then repeating).
@@ -148,19 +162,7 @@ def _plot_comparison(
         for k, label in enumerate(comparison.weightings):
             color, marker = _PALETTE[k % len(_PALETTE)], _MARKERS[k % len(_MARKERS)]
             for values, face in ((smd[label], color), (worst[label], "none")):
-                values = values.to_numpy(dtype=float)
-                keep = np.isfinite(values)
-                if keep.any():
-                    ax.scatter(
-                        values[keep],
-                        y[keep] + offsets[k],
-                        marker=marker,
-                        facecolors=face,
-                        edgecolors=color,
-                        linewidths=1.1,
-                        s=28,
-                        zorder=3,
-                    )
+                _points(ax, values, y + offsets[k], marker, face, color, size=28)
             handles.append(
                 Line2D([], [], marker=marker, color=color, linestyle="none", label=label)
             )
