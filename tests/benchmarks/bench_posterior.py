@@ -307,7 +307,7 @@ def run_child(
 ) -> dict:
     """One fit in a fresh interpreter; its figures plus the min-ESS rates."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", peer, "--seed", str(seed)]
-    command += ["--model", model]
+    command += ["--model", model, "--chains", str(CHAINS)]
     if new_data:
         # A fresh subset per run and per peer: nothing compiled for it before.
         command += ["--drop-seed", str(time.time_ns() % 2**31)]
@@ -413,6 +413,12 @@ def main() -> None:
         help="leave 20 random students out in every run, so that no run finds code compiled "
         "for its data in the cache (a first fit of a new data set)",
     )
+    parser.add_argument(
+        "--chains",
+        type=int,
+        default=CHAINS,
+        help=f"chains of both peers (default {CHAINS}; hierps' own default is 4)",
+    )
     parser.add_argument("--child", choices=["hierps", "bambi"], help=argparse.SUPPRESS)
     parser.add_argument("--drop-seed", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -424,6 +430,8 @@ def main() -> None:
     )
     parser.add_argument("--model", choices=list(MODELS), default="numeric", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global CHAINS  # read by the children's fits and the report
+    CHAINS = args.chains
     if args.child == "hierps":
         print(json.dumps(child_hierps(args.seed, args.drop_seed, args.model)))
         return
