@@ -397,6 +397,7 @@ def report(
 
 
 def main() -> None:
+    global CHAINS  # --chains sets it for the children's fits and the report
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each peer")
     parser.add_argument("--seed", type=int, default=1, help="seed of the first repeat")
@@ -430,7 +431,6 @@ def main() -> None:
     )
     parser.add_argument("--model", choices=list(MODELS), default="numeric", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global CHAINS  # read by the children's fits and the report
     CHAINS = args.chains
     if args.child == "hierps":
         print(json.dumps(child_hierps(args.seed, args.drop_seed, args.model)))
