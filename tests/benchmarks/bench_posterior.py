@@ -1,12 +1,14 @@
 """Posterior-mode benchmark: hierps' NUTS posterior against Bambi + nutpie on the same model.
 
 Run: ``.venv/bin/python tests/benchmarks/bench_posterior.py [--repeats 3] [--new-data]
-[--models numeric c2_categorical]`` (not part of the test suite; one to two minutes per fit on
-two cores).
+[--models numeric c2_categorical] [--chains 4] [--bambi-cores 2]`` (not part of the test
+suite; under a minute per fit on two cores).
 
 Data: the learning-mindsets study (10,391 students in 76 schools), treatment ``Z``, the three
 student covariates ``S3``, ``C2``, ``C3`` with varying slopes and the school covariates
-``X1``–``X5``; 2 chains × (1,000 tuning + 1,000 kept) draws with nutpie for both peers. Two
+``X1``–``X5``; 4 chains (``Model.sample``'s default; ``--chains``) × (1,000 tuning + 1,000
+kept) draws with nutpie for both peers. Compilation is a fixed cost of a few seconds per fit
+for both peers, so shorter runs (``--chains 2``) give smaller ratios on wall time. Two
 models: ``numeric`` (C2, a binary code, as a number) and ``c2_categorical`` (C2 declared
 categorical: hierps samples both levels in its identified coding, Bambi codes the factor with
 reduced rank; the same model for the propensities, so the same CATTs).
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
 
     import hierps
 
-DRAWS, TUNE, CHAINS = 1000, 1000, 2
+DRAWS, TUNE, CHAINS = 1000, 1000, 4
 UNIT = ["S3", "C2", "C3"]
 SCHOOL = ["X1", "X2", "X3", "X4", "X5"]
 FORMULA = "Z ~ 1 + S3 + C2 + C3 + X1 + X2 + X3 + X4 + X5 + (1 + S3 + C2 + C3 | schoolid)"
