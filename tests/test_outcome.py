@@ -296,9 +296,14 @@ def test_user_formula_on_the_original_frame(fitted):
     )
     assert user.terms == {}
     assert list(user.predictions["obs"].to_numpy()) == list(model.design.index)
-    np.testing.assert_allclose(
-        user.predictions.mean("sample"), outcome.predictions.mean("sample"), atol=0.15
-    )
+    # The same model as the default one: the same predictions up to Monte Carlo error, on the
+    # groups in the fit. The all-treated group s001 has no controls: its predictions carry a
+    # new group's intercept drawn from the fitted spread, far noisier in a 600-draw mean.
+    user_mean = user.predictions.mean("sample").to_numpy()
+    default_mean = outcome.predictions.mean("sample").to_numpy()
+    seen = model.design.group_codes != 1
+    np.testing.assert_allclose(user_mean[seen], default_mean[seen], atol=0.15)
+    np.testing.assert_allclose(user_mean[~seen], default_mean[~seen], atol=0.5)
     table = user.coefficients()
     assert table.loc["x1", "mean"] == pytest.approx(COEFFICIENTS["x1"], abs=0.2)
     # A user formula is fit on the original columns: no rescaling.
