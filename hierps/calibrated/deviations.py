@@ -1,0 +1,285 @@
+"""Non-Gaussian priors on the group slope deviations: penalties, smoothings and optimality.
+
+The slope deviations ``Δ = (δ_1 … δ_J)`` of MAP mode carry a prior whose negative log
+density is a penalty ``h(Δ)``; its convex conjugate is the balance criterion the mode buys on
+the school-imbalance matrix ``R`` (``R_jk = Σ_{C_j} w_i x_ik − Σ_{T,j} x_ik`` for varying
+``k``; docs/math.md §19):
+
+- ``"normal"``: ``h = Σ δ_jk² / 2b_k²``, conjugate ``Σ b_k² R_jk² / 2`` (a quadratic penalty);
+- ``"laplace"``: ``h = Σ |δ_jk| / b_k``, conjugate the indicator of the box
+  ``|R_jk| ≤ 1/b_k``: at the mode ``R_jk = −sign(δ_jk)/b_k`` wherever ``δ_jk ≠ 0``;
+- ``"low_rank"``: ``h = ‖Δ‖_* / b``, conjugate the indicator of the spectral-norm ball
+  ``‖R‖_2 ≤ 1/b``: at the mode ``R = −(U V' + W)/b`` with ``Δ = U Σ V'`` and ``‖W‖_2 ≤ 1``
+  orthogonal to ``U`` and ``V``.
+
+The solver (:mod:`hierps.calibrated.proximal`) minimizes smoothings of the non-smooth
+penalties, ``√(δ² + ε²)`` per entry or per singular value, with ``ε`` decreasing; this module
+holds their values, gradients, exact Hessian products and per-group Hessian blocks, the
+optimality (KKT) residuals of the exact problem, and the feasibility check of the bound.
+Matrices are ``(J, d)``: one row per group, as the solver holds the deviations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DEVIATIONS",
+    "Penalty",
+    "infeasible_groups",
+    "kkt_residuals",
+    "penalty_of",
+]
+
+#: The priors of the group slope deviations in MAP mode.
+DEVIATIONS = ("normal", "laplace", "low_rank")
+
+
+@dataclass(frozen=True)
+class Penalty:
+    """The penalty ``h(Δ)`` of a non-Gaussian deviation prior, and its smoothing.
+
+    ``scale`` is ``b``: one value per varying slope (``"laplace"``) or one value
+    (``"low_rank"``, broadcast).
+    """
+
+    kind: str
+    scale: np.ndarray  # (d,)
+
+    @property
+    def inverse_scale(self) -> np.ndarray:
+        return 1.0 / self.scale
+
+    def value(self, delta: np.ndarray, epsilon: float = 0.0) -> float:
+        """``h_ε(Δ)``: the penalty (``ε = 0``) or its smoothing, ``0`` at ``Δ = 0``."""
+        if self.kind == "laplace":
+            return float(np.sum((np.hypot(delta, epsilon) - epsilon) * self.inverse_scale))
+        sigma = np.linalg.svd(delta, compute_uv=False)
+        return float(np.sum(np.hypot(sigma, epsilon) - epsilon) * self.inverse_scale[0])
+
+    def smoothed(self, delta: np.ndarray, epsilon: float) -> Smoothed:
+        """Gradient, Hessian product and per-group Hessian blocks of ``h_ε`` at ``Δ``."""
+        if self.kind == "laplace":
+            return _LaplaceSmoothed(delta, epsilon, self.inverse_scale)
+        return _NuclearSmoothed(delta, epsilon, float(self.inverse_scale[0]))
+
+
+class Smoothed:
+    """Derivatives of a smoothed penalty at one point (see :meth:`Penalty.smoothed`)."""
+
+    gradient: np.ndarray  # (J, d)
+    blocks: np.ndarray  # (J, d, d): the Hessian's diagonal blocks, one per group
+    exact_blocks: bool  # whether the Hessian is block diagonal (then ``blocks`` is it)
+
+    def hessian_product(self, direction: np.ndarray) -> np.ndarray:
+        """The Hessian of ``h_ε`` applied to a ``(J, d)`` direction."""
+        raise NotImplementedError
+
+
+class _LaplaceSmoothed(Smoothed):
+    def __init__(self, delta: np.ndarray, epsilon: float, inverse_scale: np.ndarray) -> None:
+        root = np.hypot(delta, epsilon)
+        self.gradient = delta / root * inverse_scale
+        self.curvature = epsilon**2 / root**3 * inverse_scale
+        n_groups, d = delta.shape
+        self.blocks = np.zeros((n_groups, d, d))
+        np.einsum("jkk->jk", self.blocks)[...] = self.curvature
+        self.exact_blocks = True
+
+    def hessian_product(self, direction: np.ndarray) -> np.ndarray:
+        return self.curvature * direction
+
+
+class _NuclearSmoothed(Smoothed):
+    """``Σ_i √(σ_i² + ε²)/b`` over the singular values of ``Δ`` (J × d).
+
+    With the thin SVD ``Δ = U diag(σ) V'``, ``f(σ) = √(σ² + ε²)`` and ``Ê = U' E V``, the
+    Hessian applied to ``E`` is (Lewis & Sendov's formula for spectral functions)::
+
+        U (sym(Ê) ∘ A + skew(Ê) ∘ B) V' + (I − UU') E V diag(g) V' + U diag(g) U' E (I − VV')
+
+    with ``A_kl = (f'_k − f'_l)/(σ_k − σ_l)`` (``f''`` on the diagonal),
+    ``B_kl = (f'_k + f'_l)/(σ_k + σ_l)`` and ``g = f'(σ)/σ``, all written so that equal or
+    zero singular values need no limits.
+    """
+
+    def __init__(self, delta: np.ndarray, epsilon: float, inverse_scale: float) -> None:
+        u, sigma, vt = np.linalg.svd(delta, full_matrices=False)
+        root = np.hypot(sigma, epsilon)
+        self.u, self.v, self.c = u, vt.T, inverse_scale
+        self.gradient = (u * (sigma / root * inverse_scale)) @ vt
+        total = sigma[:, None] + sigma[None, :]
+        # (σ_k s_l + σ_l s_k)/(σ_k + σ_l): a weighted mean of s_k and s_l, their mean at 0.
+        mixed = sigma[:, None] * root[None, :] + sigma[None, :] * root[:, None]
+        both_zero = total <= 0
+        mean_root = np.where(
+            both_zero, 0.5 * (root[:, None] + root[None, :]), mixed / np.where(both_zero, 1, total)
+        )
+        self.a = epsilon**2 / (root[:, None] * root[None, :] * mean_root)
+        weighted = (sigma / root)[:, None] + (sigma / root)[None, :]
+        self.b = np.where(
+            both_zero,
+            0.5 * (1 / root[:, None] + 1 / root[None, :]),
+            weighted / np.where(both_zero, 1, total),
+        )
+        self.g = 1.0 / root
+        # Diagonal blocks: with u_j the j-th row of U, the block of group j in V's coordinates
+        # is diag(P u_j²) + N ∘ u_j u_j' with P = (A + B)/2, N = (A − B)/2, plus the parts
+        # outside the thin SVD's subspaces.
+        p, n = 0.5 * (self.a + self.b), 0.5 * (self.a - self.b)
+        u2 = u**2
+        inner = n[None] * (u[:, :, None] * u[:, None, :])
+        np.einsum("jkk->jk", inner)[...] += u2 @ p.T
+        outside_rows = 1.0 - u2.sum(axis=1)  # ‖(I − UU') e_j‖²
+        np.einsum("jkk->jk", inner)[...] += outside_rows[:, None] * self.g
+        v = self.v
+        blocks = v[None] @ inner @ v.T[None]
+        outside_columns = np.eye(v.shape[0]) - v @ v.T  # (I − VV')
+        blocks += (u2 @ self.g)[:, None, None] * outside_columns[None]
+        self.blocks = blocks * inverse_scale
+        self.exact_blocks = False
+
+    def hessian_product(self, direction: np.ndarray) -> np.ndarray:
+        u, v = self.u, self.v
+        projected = u.T @ direction @ v
+        sym = 0.5 * (projected + projected.T)
+        skew = 0.5 * (projected - projected.T)
+        inner = u @ (sym * self.a + skew * self.b) @ v.T
+        rows_outside = direction @ v - u @ projected  # (I − UU') E V
+        columns_outside = u.T @ direction - projected @ v.T  # U' E (I − VV')
+        product = inner + (rows_outside * self.g) @ v.T + u @ (self.g[:, None] * columns_outside)
+        return product * self.c
+
+
+def penalty_of(kind: str, scale: np.ndarray) -> Penalty:
+    """The penalty of ``deviations=kind`` with prior scales ``b`` (one per varying slope)."""
+    return Penalty(kind, np.asarray(scale, dtype=float))
+
+
+def kkt_residuals(
+    penalty: Penalty, delta: np.ndarray, imbalance: np.ndarray, smooth_gradient: float
+) -> dict[str, float]:
+    """Optimality residuals of the exact non-smooth problem at a solution.
+
+    Parameters
+    ----------
+    penalty
+        The deviation penalty.
+    delta
+        ``(J, d)``: the slope deviations (exact zeros where inactive).
+    imbalance
+        ``(J, d)``: the school-imbalance matrix ``R`` (the loss gradient in ``Δ``).
+    smooth_gradient
+        The largest absolute gradient entry of the smooth coefficients ``(a0, γ, μ, u)``.
+
+    Returns
+    -------
+    dict
+        ``smooth_gradient``; ``stationarity``: the distance of ``−R`` from the subdifferential
+        of ``h`` on the active set (entries ``δ_jk ≠ 0``, or the singular subspaces of ``Δ``);
+        ``dual_feasibility``: how far the inactive part of ``R`` exceeds the bound (0 inside);
+        ``sign``: the largest ``|R_jk|`` with ``R_jk δ_jk > 0`` (a deviation of the wrong
+        sign; laplace only) — these four in imbalance units, comparable with the gradient
+        tolerance; ``criterion``: the imposed criterion relative to its bound (max
+        ``b_k |R_jk|`` or ``b ‖R‖_2``; at most 1), ``active``: the nonzero entries, or the rank
+        of ``Δ``.
+    """
+    scaled = imbalance * penalty.scale
+    if penalty.kind == "laplace":
+        active = delta != 0
+        sign = np.sign(delta)
+        inverse = np.broadcast_to(penalty.inverse_scale, delta.shape)
+        # Residuals in imbalance units, comparable with the gradient tolerance.
+        stationarity = np.abs(imbalance + sign * inverse)[active].max(initial=0.0)
+        excess = np.maximum(np.abs(imbalance) - inverse, 0.0)[~active].max(initial=0.0)
+        wrong = np.abs(imbalance[active & (imbalance * sign > 0)]).max(initial=0.0)
+        criterion = float(np.abs(scaled).max(initial=0.0))
+        n_active = int(active.sum())
+    else:
+        u, sigma, vt = np.linalg.svd(delta, full_matrices=False)
+        rank = int(np.count_nonzero(sigma > 0))
+        ur, vr = u[:, :rank], vt[:rank].T
+        # R = −(U_r V_r' + W)/b with W orthogonal to both subspaces and ‖W‖_2 ≤ 1.
+        core = ur.T @ scaled @ vr + np.eye(rank)
+        left = scaled @ vr - ur @ (ur.T @ scaled @ vr)
+        right = ur.T @ scaled - (ur.T @ scaled @ vr) @ vr.T
+        stationarity = penalty.inverse_scale[0] * max(
+            np.abs(core).max(initial=0.0),
+            np.abs(left).max(initial=0.0),
+            np.abs(right).max(initial=0.0),
+        )
+        # The part of R outside both singular subspaces: (I − U_r U_r') R (I − V_r V_r').
+        outside = scaled - ur @ (ur.T @ scaled)
+        rest = outside - (outside @ vr) @ vr.T
+        excess = max(_spectral_norm(rest) - 1.0, 0.0) * penalty.inverse_scale[0]
+        wrong = 0.0
+        criterion = _spectral_norm(scaled)
+        n_active = rank
+    return {
+        "smooth_gradient": float(smooth_gradient),
+        "stationarity": float(stationarity),
+        "dual_feasibility": float(excess),
+        "sign": float(wrong),
+        "criterion": float(criterion),
+        "active": float(n_active),
+    }
+
+
+def _spectral_norm(matrix: np.ndarray) -> float:
+    if matrix.size == 0:
+        return 0.0
+    return float(np.linalg.norm(matrix, 2))
+
+
+def infeasible_groups(
+    penalty: Penalty, controls: list[np.ndarray], targets: np.ndarray
+) -> np.ndarray:
+    """Groups whose controls cannot bring their imbalance inside the bound.
+
+    The MAP exists only if some weights ``w ≥ 0`` put every group's imbalance
+    ``r_j = X_j' w − t_j`` strictly inside the bound. For the box (``"laplace"``) the groups
+    are independent: one linear program per group (SciPy's HiGHS) minimizes
+    ``max_k b_k |r_jk|``. For the spectral-norm ball a group's column alone must satisfy
+    ``b ‖r_j‖₂ < 1`` (``‖R‖_2`` is at least every column's norm): a non-negative least-squares
+    problem per group. The joint condition can still fail when every group passes.
+
+    Parameters
+    ----------
+    penalty
+        The deviation penalty.
+    controls
+        Per group, ``(n_j, d)``: the varying covariates of its weighted units (base weights
+        folded in).
+    targets
+        ``(J, d)``: the target totals ``t_j`` of the varying covariates.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(J,)`` booleans: the groups that cannot meet the bound.
+    """
+    from scipy.optimize import linprog, nnls
+
+    scale = penalty.scale
+    flagged = np.zeros(len(targets), dtype=bool)
+    for j, (x, t) in enumerate(zip(controls, targets, strict=True)):
+        if penalty.kind == "laplace":
+            if len(x) == 0:
+                best = float(np.abs(t * scale).max(initial=0.0))
+            else:
+                # Variables (w, s): minimize s subject to ±b_k (X'w − t)_k ≤ s, w ≥ 0.
+                scaled = x.T * scale[:, None]
+                column = -np.ones((len(t), 1))
+                a_ub = np.block([[scaled, column], [-scaled, column]])
+                b_ub = np.concatenate([t * scale, -t * scale])
+                cost = np.zeros(len(x) + 1)
+                cost[-1] = 1.0
+                solution = linprog(cost, A_ub=a_ub, b_ub=b_ub, method="highs")
+                best = float(solution.fun) if solution.status == 0 else np.inf
+        else:
+            best = float(np.linalg.norm(t)) if len(x) == 0 else nnls(x.T, t)[1]
+            best *= float(scale[0])
+        flagged[j] = best >= 1.0 - 1e-9
+    return flagged

@@ -1,0 +1,552 @@
+"""MAP mode with Laplace or nuclear-norm slope deviations: smoothing, continuation, exact finish.
+
+The objective is the calibrated loss with the Gaussian priors of :mod:`hierps.calibrated.newton`
+except on the slope deviations ``Δ``, which carry a non-smooth penalty ``h(Δ)``
+(:mod:`hierps.calibrated.deviations`). It is convex but not differentiable where entries of
+``Δ`` (Laplace) or its singular values (nuclear norm) vanish, and those zeros are the point:
+the balance bound is active exactly there.
+
+The solver replaces ``|·|`` by ``√(·² + ε²)`` and follows the smoothed optima down a geometric
+sequence of ``ε`` with damped Newton steps that reuse the block structure of the Newton solver:
+the per-group Hessian blocks gain the penalty's blocks, the global block is eliminated by its
+Schur complement. For the Laplace penalty the smoothed Hessian is block diagonal and the steps
+are exact Newton steps; for the nuclear norm the Hessian couples the groups through the
+singular vectors, and conjugate gradients on the exact Hessian, preconditioned by the block
+solve, give the step. The finish is exact:
+
+- Laplace: the signs of the large entries of ``Δ`` fix an active set; on it the penalty is
+  linear, off it ``δ = 0``, and the remaining smooth problem is solved by Newton to ``tol``.
+  Entries whose sign flips leave the set, entries whose imbalance breaks the box join it,
+  until the optimality conditions hold;
+- nuclear norm: the smoothing ends at ``ε = 1e-11``, where the inactive singular values are
+  of order ``ε``; they are set to zero and the optimality conditions checked.
+
+:func:`proximal_solve` reports the KKT residuals of the non-smooth problem (sign and
+active-set conditions included) and names the groups whose bound cannot be met when the mode
+does not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hierps.calibrated.deviations import (
+    Penalty,
+    Smoothed,
+    infeasible_groups,
+    kkt_residuals,
+    penalty_of,
+)
+from hierps.calibrated.hierarchy import PRECISION_BOUNDS
+from hierps.calibrated.newton import (
+    _BLAS,
+    Factorization,
+    NewtonTrace,
+    _global_quadratic,
+    _gradient,
+    _newton_direction,
+    _objective,
+    _padded_products,
+    _spd_inverse,
+    _sum_to_global,
+    accumulate_moments,
+    group_coefficients,
+    linear_predictor,
+)
+from hierps.calibrated.problem import CalibratedProblem
+from hierps.exceptions import ArgumentError, ConvergenceError
+
+if TYPE_CHECKING:
+    from hierps.design.build import Design
+    from hierps.design.hyperparameters import MapHyperparameters
+
+__all__ = ["ProximalTrace", "deviation_solver", "proximal_solve"]
+
+ARMIJO = 1e-4
+# The smoothing starts at ε = 0.1 (deviations are of order 0.1–1 on the logit scale of
+# standardized covariates) and shrinks tenfold per stage.
+FIRST_SMOOTHING = 0.1
+# Laplace: the active set is read off at this smoothing, then solved exactly.
+LAPLACE_SMOOTHING = 1e-6
+# Nuclear norm: inactive singular values end of order ε = 1e-11 and are set to zero, which
+# moves the weights by about ε times the group's weight total.
+NUCLEAR_SMOOTHING = 1e-11
+# An entry (singular value) counts as active once its smoothed derivative σ/√(σ² + ε²) is
+# within this of 1: |δ| above about 700 ε.
+ACTIVE_SLOPE = 1e-6
+ACTIVE_SET_ROUNDS = 25
+CG_ITERATIONS = 200
+# Deviations beyond this on the logit scale mean the iterates run off to infinity: the bound
+# cannot be met and the mode does not exist.
+DIVERGED = 1e6
+
+
+@dataclass
+class ProximalTrace(NewtonTrace):
+    """Outcome of :func:`proximal_solve`: a :class:`NewtonTrace` with the KKT residuals."""
+
+    deviations: str = "normal"
+    kkt: dict[str, float] = field(default_factory=dict)
+
+
+class _Signed(Smoothed):
+    """The Laplace penalty on a fixed active set with fixed signs: linear, ``Σ s δ / b``."""
+
+    def __init__(self, signs: np.ndarray, inverse_scale: np.ndarray) -> None:
+        self.gradient = signs * inverse_scale
+        self.blocks = np.zeros((*signs.shape, signs.shape[1]))
+        self.exact_blocks = True
+
+    def hessian_product(self, direction: np.ndarray) -> np.ndarray:
+        return np.zeros_like(direction)
+
+
+@dataclass
+class _State:
+    """A point of the solver with everything the next step needs."""
+
+    theta_global: np.ndarray
+    theta_local: np.ndarray  # (J, K), solver order
+    eta: np.ndarray
+    w: np.ndarray
+    objective: float
+    moments: np.ndarray | None = None
+
+    @property
+    def delta(self) -> np.ndarray:
+        return self.theta_local[:, 1:]
+
+
+def proximal_solve(
+    problem: CalibratedProblem,
+    penalty: Penalty,
+    theta_global: np.ndarray | None = None,
+    theta_local: np.ndarray | None = None,
+    tol: float = 1e-8,
+    max_iterations: int = 100,
+    labels: Sequence[object] | None = None,
+) -> ProximalTrace:
+    """Minimize the calibrated loss with a Laplace or nuclear-norm penalty on the deviations.
+
+    Parameters
+    ----------
+    problem
+        From :func:`hierps.calibrated.hierarchy.hierarchical_problem`; its prior precisions of
+        the slope deviations are replaced by ``penalty``.
+    penalty
+        From :func:`hierps.calibrated.deviations.penalty_of`.
+    theta_global, theta_local
+        Starting point (``theta_local`` ``(J, K)`` in the input's group order); by default
+        ``a0 = log(n_treated / n_controls)`` and the rest 0.
+    tol
+        The smooth gradient and the KKT residuals of the finish must be at most ``tol``.
+    max_iterations
+        Newton steps allowed per smoothing stage and per active-set round.
+    labels
+        The group labels in the input's order, for the error that names infeasible groups.
+
+    Returns
+    -------
+    ProximalTrace
+
+    Raises
+    ------
+    ArgumentError
+        Some groups cannot keep their imbalance inside the bound: the mode does not exist.
+    ConvergenceError
+        The iterations did not reach ``tol``.
+    """
+    if problem.n_local < 2:
+        raise ArgumentError("the model has no varying slopes: there are no slope deviations")
+    prior_local = problem.prior_local.copy()
+    prior_local[1:] = 0.0  # the penalty replaces the Gaussian prior of the deviations
+    problem = dataclasses.replace(problem, prior_local=prior_local)
+    labels = list(range(problem.n_groups)) if labels is None else list(labels)
+    _refuse_empty_groups(problem, penalty, labels)
+    if theta_global is None:
+        theta_global = np.zeros(problem.n_global)
+        n_treated = problem.treated_moments[:, 0].sum()
+        n_controls = problem.layout.gram[:, 0, 0].sum()
+        theta_global[0] = np.log(n_treated / n_controls) if n_controls > 0 else 0.0
+    if theta_local is None:
+        theta_local = np.zeros((problem.n_groups, problem.n_local))
+    theta_local = np.asarray(theta_local, dtype=float)[problem.group_order]
+    with _BLAS.limit(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+        solver = _Solver(problem, penalty, tol, max_iterations)
+        state = solver.state(np.array(theta_global, dtype=float), theta_local.copy(), 0.0)
+        final = solver.run(state)
+    if final is None:
+        _raise_without_mode(problem, penalty, labels, solver)
+    state, kkt = final
+    in_input_order = np.empty_like(state.theta_local)
+    in_input_order[problem.group_order] = state.theta_local
+    converged = max(kkt["smooth_gradient"], kkt["stationarity"], kkt["dual_feasibility"]) <= tol
+    kkt["cg_iterations"] = float(solver.cg_iterations)
+    return ProximalTrace(
+        theta_global=state.theta_global,
+        theta_local=in_input_order,
+        objective=state.objective,
+        max_gradient=max(kkt["smooth_gradient"], kkt["stationarity"], kkt["dual_feasibility"]),
+        iterations=solver.iterations,
+        converged=converged,
+        control_weights=state.w[problem.slots],
+        history=solver.history,
+        control_eta=state.eta[problem.slots],
+        deviations=penalty.kind,
+        kkt=kkt,
+    )
+
+
+class _Solver:
+    def __init__(self, problem: CalibratedProblem, penalty: Penalty, tol: float, cap: int):
+        self.problem, self.penalty, self.tol, self.cap = problem, penalty, tol, cap
+        self.iterations = 0
+        self.cg_iterations = 0
+        self.history: list[float] = []
+        self.failure = ""
+
+    # -- the smoothed objective -------------------------------------------------------------
+    def state(self, theta_global, theta_local, epsilon, signs=None) -> _State:
+        problem = self.problem
+        eta = linear_predictor(problem, group_coefficients(problem, theta_global, theta_local))
+        w = np.exp(eta)
+        objective = _objective(problem, theta_global, theta_local, w.sum())
+        objective += self._penalty_value(theta_local[:, 1:], epsilon, signs)
+        return _State(theta_global, theta_local, eta, w, objective)
+
+    def _penalty_value(self, delta, epsilon, signs) -> float:
+        if signs is None:
+            return self.penalty.value(delta, epsilon)
+        return float(np.sum(signs * delta * self.penalty.inverse_scale))
+
+    def _model(self, state: _State, epsilon: float, signs) -> Smoothed:
+        if signs is None:
+            return self.penalty.smoothed(state.delta, epsilon)
+        return _Signed(signs, self.penalty.inverse_scale)
+
+    def gradient(self, state: _State, model: Smoothed, free: np.ndarray | None):
+        if state.moments is None:
+            state.moments = accumulate_moments(self.problem, state.w)
+        first = state.moments[:, :, 0]
+        gradient_global, gradient_local = _gradient(
+            self.problem, state.theta_global, state.theta_local, first
+        )
+        gradient_local[:, 1:] += model.gradient
+        if free is not None:
+            gradient_local = gradient_local * free
+        return gradient_global, gradient_local
+
+    # -- the stages ---------------------------------------------------------------------------
+    def run(self, state: _State) -> tuple[_State, dict[str, float]] | None:
+        laplace = self.penalty.kind == "laplace"
+        last = LAPLACE_SMOOTHING if laplace else NUCLEAR_SMOOTHING
+        epsilon = FIRST_SMOOTHING
+        while True:
+            final_stage = epsilon <= last * 1.0001
+            # Early stages only need to land near their smoothed optimum.
+            # The last one is solved a digit below tol, which the finish's rounding may use.
+            stage_tol = 0.1 * self.tol if final_stage else max(self.tol, 1e-2 * epsilon)
+            state = self.minimize(state, epsilon, stage_tol)
+            if state is None:
+                return None
+            if final_stage:
+                break
+            epsilon *= 0.1
+        if laplace:
+            return self.active_set_finish(state, epsilon)
+        return self.nuclear_finish(state, epsilon)
+
+    def minimize(self, state, epsilon, tol, signs=None, free=None) -> _State | None:
+        """Damped Newton on the smoothed (or sign-fixed) objective, from ``state``."""
+        state = self.state(state.theta_global, state.theta_local, epsilon, signs)
+        for _ in range(self.cap + 1):
+            model = self._model(state, epsilon, signs)
+            gradient = self.gradient(state, model, free)
+            largest = max(np.abs(gradient[0]).max(initial=0), np.abs(gradient[1]).max(initial=0))
+            if largest <= tol:
+                return state
+            if not np.isfinite(largest) or np.abs(state.delta).max(initial=0) > DIVERGED:
+                self.failure = "the deviations diverged"
+                return None
+            step = self.direction(state, model, gradient, free)
+            new = self.line_search(state, step, gradient, epsilon, signs)
+            self.iterations += 1
+            if new is None:
+                if largest <= 1e3 * tol:  # rounding limits the last digits: close enough
+                    return state
+                self.failure = f"the line search failed (largest gradient {largest:.3g})"
+                return None
+            state = new
+            self.history.append(state.objective)
+        self.failure = f"{self.cap} Newton steps left the largest gradient at {largest:.3g}"
+        return None
+
+    def direction(self, state, model, gradient, free):
+        factorization = self._factorize(state.moments, model.blocks, free)
+        step = _newton_direction(self.problem, factorization, *gradient)
+        if model.exact_blocks:
+            return step
+        return self._conjugate_gradients(state, model, gradient, factorization, step, free)
+
+    def _factorize(self, moments, blocks, free) -> Factorization:
+        """The block Newton system with the penalty's blocks added to the local blocks.
+
+        Coordinates held at zero (``free`` False) get an identity row and no coupling, so
+        their step is zero whatever the gradient there.
+        """
+        problem = self.problem
+        local = problem.local_index
+        block = moments[:, local][:, :, local] + np.diag(problem.prior_local)
+        block[:, 1:, 1:] += blocks
+        coupling = moments[:, local, :]
+        if free is not None:
+            pair = free[:, :, None] & free[:, None, :]
+            block = np.where(pair, block, 0.0)
+            np.einsum("jkk->jk", block)[...] += ~free
+            coupling = coupling * free[:, :, None]
+        local_inverse = _spd_inverse(block)
+        solved_coupling = local_inverse @ coupling
+        coupling_transpose = np.ascontiguousarray(coupling.transpose(0, 2, 1))
+        residual = moments - coupling_transpose @ solved_coupling
+        schur_inverse = np.linalg.inv(_global_quadratic(problem, residual))
+        return Factorization(local_inverse, schur_inverse, solved_coupling, coupling_transpose)
+
+    def _hessian_product(self, state, model, vector, free):
+        problem = self.problem
+        vector_global, vector_local = vector
+        coefficients = group_coefficients(problem, vector_global, vector_local)
+        moved = (state.moments @ coefficients[:, :, None])[:, :, 0]
+        product_global = _sum_to_global(problem, moved) + problem.prior_global * vector_global
+        product_local = moved[:, problem.local_index] + problem.prior_local * vector_local
+        product_local[:, 1:] += model.hessian_product(vector_local[:, 1:])
+        if free is not None:
+            product_local = product_local * free
+        return product_global, product_local
+
+    def _conjugate_gradients(self, state, model, gradient, factorization, start, free):
+        """Solve the exact Newton system by conjugate gradients, preconditioned by the block
+        solve (exact within each group, missing the penalty's coupling between groups)."""
+
+        def dot(a, b) -> float:
+            return float(a[0] @ b[0] + np.sum(a[1] * b[1]))
+
+        def precondition(residual):
+            return _newton_direction(self.problem, factorization, -residual[0], -residual[1])
+
+        x = start
+        product = self._hessian_product(state, model, x, free)
+        residual = (-gradient[0] - product[0], -gradient[1] - product[1])
+        size = np.sqrt(dot(gradient, gradient))
+        # Inexact Newton: a relative residual that shrinks with the gradient keeps the
+        # convergence superlinear without solving far steps exactly.
+        target = min(0.1, np.sqrt(size)) * size
+        z = precondition(residual)
+        p = z
+        rz = dot(residual, z)
+        for _ in range(CG_ITERATIONS):
+            if np.sqrt(dot(residual, residual)) <= max(target, 1e-3 * self.tol):
+                break
+            self.cg_iterations += 1
+            hp = self._hessian_product(state, model, p, free)
+            curvature = dot(p, hp)
+            if not curvature > 0:
+                break
+            alpha = rz / curvature
+            x = (x[0] + alpha * p[0], x[1] + alpha * p[1])
+            residual = (residual[0] - alpha * hp[0], residual[1] - alpha * hp[1])
+            z = precondition(residual)
+            rz, previous = dot(residual, z), rz
+            p = (z[0] + rz / previous * p[0], z[1] + rz / previous * p[1])
+        return x
+
+    def line_search(self, state, step, gradient, epsilon, signs) -> _State | None:
+        """Backtracking from the full step under the Armijo condition (None: no descent)."""
+        problem = self.problem
+        step_global, step_local = step
+        step_eta = _padded_products(problem, group_coefficients(problem, step_global, step_local))
+        slope = float(gradient[0] @ step_global + np.sum(gradient[1] * step_local))
+        if not slope < 0:
+            return None
+        # Near the optimum the predicted decrease is below the objective's rounding error.
+        trust = -slope <= 1e-13 * max(1.0, abs(state.objective))
+        t = 1.0
+        while t >= 1e-12:
+            theta_global = state.theta_global + t * step_global
+            theta_local = state.theta_local + t * step_local
+            eta = state.eta + t * step_eta
+            w = np.exp(eta)
+            objective = _objective(problem, theta_global, theta_local, w.sum())
+            objective += self._penalty_value(theta_local[:, 1:], epsilon, signs)
+            if np.isfinite(objective) and (
+                trust or objective <= state.objective + ARMIJO * t * slope
+            ):
+                return _State(theta_global, theta_local, eta, w, objective)
+            t *= 0.5
+        return None
+
+    # -- the exact finish --------------------------------------------------------------------
+    def imbalance(self, state: _State) -> np.ndarray:
+        """The school-imbalance matrix ``R`` (J, d): the loss gradient in the deviations."""
+        if state.moments is None:
+            state.moments = accumulate_moments(self.problem, state.w)
+        local = self.problem.local_index[1:]
+        return state.moments[:, local, 0] - self.problem.treated_moments[:, local]
+
+    def _smooth_gradient(self, state: _State) -> float:
+        gradient_global, gradient_local = _gradient(
+            self.problem, state.theta_global, state.theta_local, state.moments[:, :, 0]
+        )
+        return max(np.abs(gradient_global).max(initial=0), np.abs(gradient_local[:, 0]).max())
+
+    def active_set_finish(self, state, epsilon):
+        """Exact Laplace optimum: Newton on the active set with fixed signs, then repair."""
+        slope = np.abs(state.delta) / np.hypot(state.delta, epsilon)
+        active = slope >= 1.0 - ACTIVE_SLOPE
+        signs = np.sign(state.delta) * active
+        free = np.ones(state.theta_local.shape, dtype=bool)
+        for _ in range(ACTIVE_SET_ROUNDS):
+            free[:, 1:] = active
+            theta_local = state.theta_local * free
+            start = self.state(state.theta_global, theta_local, 0.0, signs)
+            solved = self.minimize(start, 0.0, self.tol, signs, free)
+            if solved is None:
+                return None
+            state = solved
+            scaled = self.imbalance(state) * self.penalty.scale
+            flipped = active & (state.delta * signs <= 0)
+            if flipped.any():  # these deviations want the other side of 0: hold them at 0
+                active &= ~flipped
+                signs = signs * active
+                continue
+            breaking = ~active & (np.abs(scaled) > 1.0 + self.tol)
+            if not breaking.any():
+                break
+            active |= breaking
+            signs = np.where(breaking, -np.sign(scaled), signs)
+        else:
+            self.failure = f"the active set did not settle in {ACTIVE_SET_ROUNDS} rounds"
+            return None
+        return self._report(state)
+
+    def nuclear_finish(self, state, epsilon):
+        """Set the singular values the smoothing left at order ``ε`` to zero."""
+        u, sigma, vt = np.linalg.svd(state.delta, full_matrices=False)
+        keep = sigma / np.hypot(sigma, epsilon) >= 1.0 - ACTIVE_SLOPE
+        theta_local = state.theta_local.copy()
+        theta_local[:, 1:] = (u[:, keep] * sigma[keep]) @ vt[keep]
+        return self._report(self.state(state.theta_global, theta_local, 0.0))
+
+    def _report(self, state: _State):
+        state.moments = accumulate_moments(self.problem, state.w)
+        kkt = kkt_residuals(
+            self.penalty, state.delta, self.imbalance(state), self._smooth_gradient(state)
+        )
+        return state, kkt
+
+
+def _group_controls(problem: CalibratedProblem) -> list[np.ndarray]:
+    """Per solver group, ``(n_j, d)``: the varying covariates of its controls × base weight."""
+    local = problem.local_index[1:]
+    controls = []
+    for bucket in problem.buckets:
+        offsets = problem.padding[bucket.rows].reshape(bucket.z.shape[0], -1)
+        for z, offset in zip(bucket.z, offsets, strict=True):
+            present = np.isfinite(offset)
+            controls.append((z[local][:, present] * np.exp(offset[present])).T)
+    while len(controls) < problem.n_groups:  # groups without controls come last
+        controls.append(np.zeros((0, len(local))))
+    return controls
+
+
+def _named(problem: CalibratedProblem, flagged: np.ndarray, labels: list) -> str:
+    names = [repr(labels[int(code)]) for code in problem.group_order[flagged]]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"{len(names)} group(s): {shown}"
+
+
+def _bound_message(penalty: Penalty) -> str:
+    if penalty.kind == "laplace":
+        bound = np.unique(penalty.inverse_scale)
+        text = f"{bound[0]:.4g}" if len(bound) == 1 else "1/sigma_beta_k"
+        return f"|within-group imbalance| <= 1/sigma_beta = {text} on every varying covariate"
+    return (
+        f"spectral norm of the within-group imbalance matrix <= 1/sigma_beta = "
+        f"{penalty.inverse_scale[0]:.4g}"
+    )
+
+
+def _refuse_empty_groups(problem: CalibratedProblem, penalty: Penalty, labels: list) -> None:
+    """Groups without controls cannot move their imbalance: check them before solving."""
+    empty = problem.layout.gram[:, 0, 0] == 0
+    if not empty.any():
+        return
+    targets = problem.treated_moments[:, problem.local_index[1:]] * penalty.scale
+    if penalty.kind == "laplace":
+        excess = np.abs(targets).max(axis=1, initial=0.0) >= 1.0
+    else:
+        excess = np.linalg.norm(targets, axis=1) >= 1.0
+    flagged = empty & excess
+    if flagged.any():
+        raise ArgumentError(
+            f"deviations={penalty.kind!r}: the MAP does not exist — "
+            f"{_named(problem, flagged, labels)} have no weighted units, so their imbalance "
+            f"cannot meet the bound {_bound_message(penalty)}; use a smaller sigma_beta, "
+            f"deviations='normal', or drop those groups"
+        )
+
+
+def _raise_without_mode(problem, penalty, labels, solver) -> None:
+    """Name the groups whose bound is infeasible, or report the failure as it is."""
+    targets = problem.treated_moments[:, problem.local_index[1:]]
+    flagged = infeasible_groups(penalty, _group_controls(problem), targets)
+    if flagged.any():
+        raise ArgumentError(
+            f"deviations={penalty.kind!r}: the MAP does not exist — no weights of the "
+            f"controls of {_named(problem, flagged, labels)} meet the bound "
+            f"{_bound_message(penalty)}; use a smaller sigma_beta or deviations='normal'"
+        )
+    joint = (
+        " (every group meets the bound alone, but possibly not all together)"
+        if penalty.kind == "low_rank"
+        else ""
+    )
+    raise ConvergenceError(
+        f"deviations={penalty.kind!r}: the MAP solver failed ({solver.failure}){joint}; "
+        f"try a smaller sigma_beta, a larger tol or more max_iterations"
+    )
+
+
+def deviation_solver(
+    design: Design, hyperparameters: MapHyperparameters, deviations: str
+) -> Callable[..., ProximalTrace]:
+    """The solver of :func:`hierps.calibrated.fit.fit_map` for ``deviations`` other than
+    ``"normal"``, after refusing the combinations it does not support."""
+    n_varying = int(design.varying.sum())
+    if n_varying == 0:
+        raise ArgumentError(
+            f"deviations={deviations!r}: the model has no varying slopes, so there are no "
+            f"slope deviations to penalize"
+        )
+    scale = hyperparameters.sigma_beta_vector(n_varying)
+    if deviations == "low_rank" and np.ptp(scale) > 0:
+        raise ArgumentError(
+            "deviations='low_rank' takes one sigma_beta (the nuclear norm has one scale), "
+            f"not {np.asarray(hyperparameters.sigma_beta).tolist()}"
+        )
+    # As in the normal case, scales beyond the precision bounds act as the bounds.
+    low, high = PRECISION_BOUNDS
+    scale = np.clip(scale, high**-0.5, low**-0.5)
+    penalty = penalty_of(deviations, scale)
+    labels = list(design.groups)
+
+    def solve(problem, theta_global=None, theta_local=None, tol=1e-8, max_iterations=100):
+        return proximal_solve(
+            problem, penalty, theta_global, theta_local, tol, max_iterations, labels
+        )
+
+    return solve
