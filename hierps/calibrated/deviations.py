@@ -35,6 +35,8 @@ __all__ = [
 
 #: The priors of the group slope deviations in MAP mode.
 DEVIATIONS = ("normal", "laplace", "low_rank")
+#: Singular values of the deviations below this (relative to the largest, at least 1) are 0.
+RANK_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,9 @@ def kkt_residuals(
         n_active = int(active.sum())
     else:
         u, sigma, vt = np.linalg.svd(delta, full_matrices=False)
-        rank = int(np.count_nonzero(sigma > 0))
+        # The rank up to rounding: deviations held in an r-dimensional row space come out
+        # of the SVD with further singular values of order 1e-16.
+        rank = int(np.count_nonzero(sigma > RANK_TOLERANCE * max(1.0, sigma.max(initial=0))))
         ur, vr = u[:, :rank], vt[:rank].T
         # R = −(U_r V_r' + W)/b with W orthogonal to both subspaces and ‖W‖_2 ≤ 1.
         core = ur.T @ scaled @ vr + np.eye(rank)

@@ -18,8 +18,11 @@ solve, give the step. The finish is exact:
   linear, off it ``δ = 0``, and the remaining smooth problem is solved by Newton to ``tol``.
   Entries whose sign flips leave the set, entries whose imbalance breaks the box join it,
   until the optimality conditions hold;
-- nuclear norm: the smoothing ends at ``ε = 1e-11``, where the inactive singular values are
-  of order ``ε``; they are set to zero and the optimality conditions checked.
+- nuclear norm: the large singular values of the smoothed optimum give the rank ``r`` and
+  the covariate directions ``V``; with every ``δ_j`` in their span the penalty is the nuclear
+  norm of an ``r``-column matrix of full rank, which is smooth, and Newton solves that
+  problem exactly. A smoothed step from there refines ``V`` when the optimality conditions
+  outside the span are not yet met.
 
 :func:`proximal_solve` reports the KKT residuals of the non-smooth problem (sign and
 active-set conditions included) and names the groups whose bound cannot be met when the mode
@@ -73,9 +76,12 @@ ARMIJO = 1e-4
 FIRST_SMOOTHING = 0.1
 # Laplace: the active set is read off at this smoothing, then solved exactly.
 LAPLACE_SMOOTHING = 1e-6
-# Nuclear norm: inactive singular values end of order ε = 1e-11 and are set to zero, which
-# moves the weights by about ε times the group's weight total.
-NUCLEAR_SMOOTHING = 1e-11
+# Nuclear norm: the rank and row space are read off at this smoothing. Smaller ε gains
+# nothing: singular values come out of the SVD with absolute errors of about 1e-16 ‖Δ‖, so
+# the smoothed gradient loses digits as ε approaches that.
+NUCLEAR_SMOOTHING = 1e-10
+# Rounds of (exact solve on the row space, smoothed step to refine the row space).
+NUCLEAR_ROUNDS = 4
 # An entry (singular value) counts as active once its smoothed derivative σ/√(σ² + ε²) is
 # within this of 1: |δ| above about 700 ε.
 ACTIVE_SLOPE = 1e-6
@@ -104,6 +110,30 @@ class _Signed(Smoothed):
 
     def hessian_product(self, direction: np.ndarray) -> np.ndarray:
         return np.zeros_like(direction)
+
+
+class _InBasis(Smoothed):
+    """A penalty of ``C = Δ V`` (J × r) read as one of ``Δ = C V'`` (``V`` orthonormal)."""
+
+    def __init__(self, inner: Smoothed, basis: np.ndarray) -> None:
+        self.inner, self.basis = inner, basis
+        self.gradient = inner.gradient @ basis.T
+        self.blocks = basis @ inner.blocks @ basis.T
+        self.exact_blocks = inner.exact_blocks
+
+    def hessian_product(self, direction: np.ndarray) -> np.ndarray:
+        return self.inner.hessian_product(direction @ self.basis) @ self.basis.T
+
+
+def _project(free: np.ndarray | None, local: np.ndarray) -> np.ndarray:
+    """Each group's local vector projected by its ``free`` projector (J, K, K)."""
+    if free is None:
+        return local
+    return (free @ local[:, :, None])[:, :, 0]
+
+
+def _worst(kkt: dict[str, float]) -> float:
+    return max(kkt["smooth_gradient"], kkt["stationarity"], kkt["dual_feasibility"])
 
 
 @dataclass
@@ -224,12 +254,17 @@ class _Solver:
             return self.penalty.value(delta, epsilon)
         return float(np.sum(signs * delta * self.penalty.inverse_scale))
 
-    def _model(self, state: _State, epsilon: float, signs) -> Smoothed:
-        if signs is None:
-            return self.penalty.smoothed(state.delta, epsilon)
-        return _Signed(signs, self.penalty.inverse_scale)
+    def _model(self, state: _State, epsilon: float, signs, basis=None) -> Smoothed:
+        if signs is not None:
+            return _Signed(signs, self.penalty.inverse_scale)
+        if basis is not None and basis.shape[1] == 0:  # rank 0: no deviations, no penalty
+            return _Signed(np.zeros_like(state.delta), self.penalty.inverse_scale)
+        if basis is not None:
+            return _InBasis(self.penalty.smoothed(state.delta @ basis, 0.0), basis)
+        return self.penalty.smoothed(state.delta, epsilon)
 
     def gradient(self, state: _State, model: Smoothed, free: np.ndarray | None):
+        """Gradient of the smoothed objective, projected on the free local directions."""
         if state.moments is None:
             state.moments = accumulate_moments(self.problem, state.w)
         first = state.moments[:, :, 0]
@@ -237,9 +272,7 @@ class _Solver:
             self.problem, state.theta_global, state.theta_local, first
         )
         gradient_local[:, 1:] += model.gradient
-        if free is not None:
-            gradient_local = gradient_local * free
-        return gradient_global, gradient_local
+        return gradient_global, _project(free, gradient_local)
 
     # -- the stages ---------------------------------------------------------------------------
     def run(self, state: _State) -> tuple[_State, dict[str, float]] | None:
@@ -249,9 +282,9 @@ class _Solver:
         while True:
             final_stage = epsilon <= last * 1.0001
             # Early stages only need to land near their smoothed optimum.
-            # The last one is solved a digit below tol, which the finish's rounding may use.
-            stage_tol = 0.1 * self.tol if final_stage else max(self.tol, 1e-2 * epsilon)
-            state = self.minimize(state, epsilon, stage_tol)
+            # Each stage only needs to land near its smoothed optimum: the finish is exact.
+            stage_tol = max(self.tol, 1e-2 * epsilon)
+            state = self.minimize(state, epsilon, stage_tol, rough=not laplace)
             if state is None:
                 return None
             if final_stage:
@@ -261,11 +294,19 @@ class _Solver:
             return self.active_set_finish(state, epsilon)
         return self.nuclear_finish(state, epsilon)
 
-    def minimize(self, state, epsilon, tol, signs=None, free=None) -> _State | None:
-        """Damped Newton on the smoothed (or sign-fixed) objective, from ``state``."""
+    def minimize(
+        self, state, epsilon, tol, signs=None, free=None, basis=None, rough=False
+    ) -> _State | None:
+        """Damped Newton on the smoothed (sign-fixed, or restricted) objective from ``state``.
+
+        ``rough``: a stage of the nuclear-norm smoothing, which only has to locate the row
+        space. Its singular values near 0 carry SVD rounding errors of about
+        ``1e-16 ‖Δ‖``, so at small ``ε`` the gradient cannot show convergence; the stage
+        stops once the Newton steps are below ``ε/1000`` or no longer decrease the objective.
+        """
         state = self.state(state.theta_global, state.theta_local, epsilon, signs)
         for _ in range(self.cap + 1):
-            model = self._model(state, epsilon, signs)
+            model = self._model(state, epsilon, signs, basis)
             gradient = self.gradient(state, model, free)
             largest = max(np.abs(gradient[0]).max(initial=0), np.abs(gradient[1]).max(initial=0))
             if largest <= tol:
@@ -274,10 +315,12 @@ class _Solver:
                 self.failure = "the deviations diverged"
                 return None
             step = self.direction(state, model, gradient, free)
+            if rough and max(np.abs(step[0]).max(), np.abs(step[1]).max()) <= 1e-3 * epsilon:
+                return state  # converged as far as rounding lets the gradient show
             new = self.line_search(state, step, gradient, epsilon, signs)
             self.iterations += 1
             if new is None:
-                if largest <= 1e3 * tol:  # rounding limits the last digits: close enough
+                if rough or largest <= 1e3 * tol:  # rounding limits the last digits
                     return state
                 self.failure = f"the line search failed (largest gradient {largest:.3g})"
                 return None
@@ -296,8 +339,9 @@ class _Solver:
     def _factorize(self, moments, blocks, free) -> Factorization:
         """The block Newton system with the penalty's blocks added to the local blocks.
 
-        Coordinates held at zero (``free`` False) get an identity row and no coupling, so
-        their step is zero whatever the gradient there.
+        ``free`` (J, K, K) projects each group's local step on the directions it may take:
+        the Newton system is solved on that subspace (``P L P + I − P``, coupling ``P N``),
+        so the step has no part outside it.
         """
         problem = self.problem
         local = problem.local_index
@@ -305,10 +349,9 @@ class _Solver:
         block[:, 1:, 1:] += blocks
         coupling = moments[:, local, :]
         if free is not None:
-            pair = free[:, :, None] & free[:, None, :]
-            block = np.where(pair, block, 0.0)
-            np.einsum("jkk->jk", block)[...] += ~free
-            coupling = coupling * free[:, :, None]
+            block = free @ block @ free
+            block += np.eye(problem.n_local) - free
+            coupling = free @ coupling
         local_inverse = _spd_inverse(block)
         solved_coupling = local_inverse @ coupling
         coupling_transpose = np.ascontiguousarray(coupling.transpose(0, 2, 1))
@@ -324,9 +367,7 @@ class _Solver:
         product_global = _sum_to_global(problem, moved) + problem.prior_global * vector_global
         product_local = moved[:, problem.local_index] + problem.prior_local * vector_local
         product_local[:, 1:] += model.hessian_product(vector_local[:, 1:])
-        if free is not None:
-            product_local = product_local * free
-        return product_global, product_local
+        return product_global, _project(free, product_local)
 
     def _conjugate_gradients(self, state, model, gradient, factorization, start, free):
         """Solve the exact Newton system by conjugate gradients, preconditioned by the block
@@ -408,10 +449,12 @@ class _Solver:
         slope = np.abs(state.delta) / np.hypot(state.delta, epsilon)
         active = slope >= 1.0 - ACTIVE_SLOPE
         signs = np.sign(state.delta) * active
-        free = np.ones(state.theta_local.shape, dtype=bool)
+        mask = np.ones(state.theta_local.shape, dtype=bool)
         for _ in range(ACTIVE_SET_ROUNDS):
-            free[:, 1:] = active
-            theta_local = state.theta_local * free
+            mask[:, 1:] = active
+            theta_local = state.theta_local * mask
+            free = np.zeros((*mask.shape, mask.shape[1]))
+            np.einsum("jkk->jk", free)[...] = mask
             start = self.state(state.theta_global, theta_local, 0.0, signs)
             solved = self.minimize(start, 0.0, self.tol, signs, free)
             if solved is None:
@@ -434,12 +477,58 @@ class _Solver:
         return self._report(state)
 
     def nuclear_finish(self, state, epsilon):
-        """Set the singular values the smoothing left at order ``ε`` to zero."""
+        """Exact nuclear-norm optimum on the row space of the smoothed deviations.
+
+        The smoothed optimum's large singular values give the rank ``r`` and the covariate
+        directions ``V`` (d × r). With every ``δ_j`` in ``span(V)``, ``Δ = C V'`` and the
+        penalty is ``‖C‖_*``, smooth where ``C`` has rank ``r``: Newton (conjugate gradients
+        on its exact Hessian) solves that problem to ``tol``. The smoothing leaves ``V`` off
+        by about ``ε``; the condition that pins it (no imbalance in the mixed blocks
+        ``U'R(I − VV')``, ``(I − UU')RV``) is then met by Newton steps on the exact gradient
+        in the tangent space of the rank-``r`` matrices, with the smoothed Hessian (whose
+        ``1/ε`` curvature holds the rest at 0), each followed by the exact solve on the new
+        row space.
+        """
+        _, sigma, _ = np.linalg.svd(state.delta, full_matrices=False)
+        rank = int(np.count_nonzero(sigma / np.hypot(sigma, epsilon) >= 1.0 - ACTIVE_SLOPE))
+        best = None
+        for _ in range(NUCLEAR_ROUNDS):
+            v = np.linalg.svd(state.delta, full_matrices=False)[2][:rank].T
+            free = np.zeros((self.problem.n_local, self.problem.n_local))
+            free[0, 0] = 1.0
+            free[1:, 1:] = v @ v.T
+            free = np.broadcast_to(free, (self.problem.n_groups, *free.shape))
+            theta_local = state.theta_local.copy()
+            theta_local[:, 1:] = state.delta @ v @ v.T
+            start = self.state(state.theta_global, theta_local, 0.0)
+            solved = self.minimize(start, 0.0, self.tol, free=free, basis=v)
+            if solved is None:
+                return best
+            report = self._report(solved)
+            if best is None or _worst(report[1]) < _worst(best[1]):
+                best = report
+            if _worst(report[1]) <= self.tol or rank == 0:
+                break
+            state = self._tangent_step(solved, rank, epsilon)
+        return best
+
+    def _tangent_step(self, state: _State, rank: int, epsilon: float) -> _State:
+        """A Newton step on the exact gradient, projected on the tangent space at rank r."""
         u, sigma, vt = np.linalg.svd(state.delta, full_matrices=False)
-        keep = sigma / np.hypot(sigma, epsilon) >= 1.0 - ACTIVE_SLOPE
-        theta_local = state.theta_local.copy()
-        theta_local[:, 1:] = (u[:, keep] * sigma[keep]) @ vt[keep]
-        return self._report(self.state(state.theta_global, theta_local, 0.0))
+        ur, vr = u[:, :rank], vt[:rank].T
+        model = self.penalty.smoothed(state.delta, epsilon)
+        gradient_global, gradient_local = _gradient(
+            self.problem, state.theta_global, state.theta_local, state.moments[:, :, 0]
+        )
+        # R + U V'/b, without its part outside both subspaces (a subgradient's W absorbs it).
+        exact = gradient_local[:, 1:] + self.penalty.inverse_scale[0] * (ur @ vr.T)
+        outside = exact - ur @ (ur.T @ exact)
+        gradient_local[:, 1:] = exact - (outside - (outside @ vr) @ vr.T)
+        gradient = (gradient_global, gradient_local)
+        step = self.direction(state, model, gradient, None)
+        theta_global = state.theta_global + step[0]
+        theta_local = state.theta_local + step[1]
+        return self.state(theta_global, theta_local, 0.0)
 
     def _report(self, state: _State):
         state.moments = accumulate_moments(self.problem, state.w)
