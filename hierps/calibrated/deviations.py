@@ -61,11 +61,20 @@ class Penalty:
         sigma = np.linalg.svd(delta, compute_uv=False)
         return float(np.sum(np.hypot(sigma, epsilon) - epsilon) * self.inverse_scale[0])
 
-    def smoothed(self, delta: np.ndarray, epsilon: float) -> Smoothed:
-        """Gradient, Hessian product and per-group Hessian blocks of ``h_ε`` at ``Δ``."""
+    def smoothed(
+        self,
+        delta: np.ndarray,
+        epsilon: float,
+        svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> Smoothed:
+        """Gradient, Hessian product and per-group Hessian blocks of ``h_ε`` at ``Δ``.
+
+        ``svd``: the thin SVD ``(U, σ, V')`` of ``Δ`` when known more accurately than the SVD
+        of ``Δ`` would give it (nuclear norm only).
+        """
         if self.kind == "laplace":
             return _LaplaceSmoothed(delta, epsilon, self.inverse_scale)
-        return _NuclearSmoothed(delta, epsilon, float(self.inverse_scale[0]))
+        return _NuclearSmoothed(delta, epsilon, float(self.inverse_scale[0]), svd)
 
 
 class Smoothed:
@@ -107,8 +116,14 @@ class _NuclearSmoothed(Smoothed):
     zero singular values need no limits.
     """
 
-    def __init__(self, delta: np.ndarray, epsilon: float, inverse_scale: float) -> None:
-        u, sigma, vt = np.linalg.svd(delta, full_matrices=False)
+    def __init__(
+        self,
+        delta: np.ndarray,
+        epsilon: float,
+        inverse_scale: float,
+        svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        u, sigma, vt = np.linalg.svd(delta, full_matrices=False) if svd is None else svd
         root = np.hypot(sigma, epsilon)
         self.u, self.v, self.c = u, vt.T, inverse_scale
         self.gradient = (u * (sigma / root * inverse_scale)) @ vt

@@ -72,21 +72,29 @@ __all__ = ["ProximalTrace", "deviation_solver", "proximal_solve"]
 
 ARMIJO = 1e-4
 # The smoothing starts at ε = 0.1 (deviations are of order 0.1–1 on the logit scale of
-# standardized covariates) and shrinks tenfold per stage.
+# standardized covariates) and shrinks a hundredfold per stage.
 FIRST_SMOOTHING = 0.1
+SMOOTHING_STEP = 0.01
 # Laplace: the active set is read off at this smoothing, then solved exactly.
 LAPLACE_SMOOTHING = 1e-6
 # Nuclear norm: the rank and row space are read off at this smoothing. Smaller ε gains
 # nothing: singular values come out of the SVD with absolute errors of about 1e-16 ‖Δ‖, so
 # the smoothed gradient loses digits as ε approaches that.
-NUCLEAR_SMOOTHING = 1e-10
+NUCLEAR_SMOOTHING = 1e-5
+# The smoothing whose curvature the tangent steps of the nuclear-norm finish use.
+TANGENT_SMOOTHING = 1e-10
 # Rounds of (exact solve on the row space, smoothed step to refine the row space).
-NUCLEAR_ROUNDS = 4
+NUCLEAR_ROUNDS = 8
 # An entry (singular value) counts as active once its smoothed derivative σ/√(σ² + ε²) is
 # within this of 1: |δ| above about 700 ε.
 ACTIVE_SLOPE = 1e-6
+# A singular value counts as active above about 70 ε: the finish is exact, and a smoothing
+# that stops early saves the costliest stages.
+NUCLEAR_SLOPE = 1e-4
+# Entries whose smoothed derivative is below this are shrunk with ε between stages.
+PREDICT_SLOPE = 0.999
 ACTIVE_SET_ROUNDS = 25
-CG_ITERATIONS = 200
+CG_ITERATIONS = 50
 # Deviations beyond this on the logit scale mean the iterates run off to infinity: the bound
 # cannot be met and the mode does not exist.
 DIVERGED = 1e6
@@ -281,7 +289,6 @@ class _Solver:
         epsilon = FIRST_SMOOTHING
         while True:
             final_stage = epsilon <= last * 1.0001
-            # Early stages only need to land near their smoothed optimum.
             # Each stage only needs to land near its smoothed optimum: the finish is exact.
             stage_tol = max(self.tol, 1e-2 * epsilon)
             state = self.minimize(state, epsilon, stage_tol, rough=not laplace)
@@ -289,10 +296,31 @@ class _Solver:
                 return None
             if final_stage:
                 break
-            epsilon *= 0.1
+            state = self._predict(state, epsilon, SMOOTHING_STEP * epsilon)
+            epsilon *= SMOOTHING_STEP
         if laplace:
             return self.active_set_finish(state, epsilon)
         return self.nuclear_finish(state, epsilon)
+
+    def _predict(self, state: _State, epsilon: float, smaller: float) -> _State:
+        """The next stage's start: inactive entries (singular values) shrunk with ``ε``.
+
+        An inactive entry of the smoothed optimum sits where ``δ/√(δ² + ε²)`` equals its
+        scaled imbalance, which changes little between stages: ``δ`` scales with ``ε``.
+        Newton steps would get there only slowly, since the smoothing's curvature at
+        ``|δ| ≫ ε`` is far below its curvature at the new optimum.
+        """
+        delta = state.delta
+        if self.penalty.kind == "laplace":
+            inactive = np.abs(delta) / np.hypot(delta, epsilon) < PREDICT_SLOPE
+            shrunk = np.where(inactive, delta * (smaller / epsilon), delta)
+        else:
+            u, sigma, vt = np.linalg.svd(delta, full_matrices=False)
+            inactive = sigma / np.hypot(sigma, epsilon) < PREDICT_SLOPE
+            shrunk = (u * np.where(inactive, sigma * (smaller / epsilon), sigma)) @ vt
+        theta_local = state.theta_local.copy()
+        theta_local[:, 1:] = shrunk
+        return self.state(state.theta_global, theta_local, smaller)
 
     def minimize(
         self, state, epsilon, tol, signs=None, free=None, basis=None, rough=False
@@ -315,6 +343,8 @@ class _Solver:
                 self.failure = "the deviations diverged"
                 return None
             step = self.direction(state, model, gradient, free)
+            # Rounding leaks a little of the step out of the free subspace: project it back.
+            step = (step[0], _project(free, step[1]))
             if rough and max(np.abs(step[0]).max(), np.abs(step[1]).max()) <= 1e-3 * epsilon:
                 return state  # converged as far as rounding lets the gradient show
             new = self.line_search(state, step, gradient, epsilon, signs)
@@ -329,12 +359,15 @@ class _Solver:
         self.failure = f"{self.cap} Newton steps left the largest gradient at {largest:.3g}"
         return None
 
-    def direction(self, state, model, gradient, free):
+    def direction(self, state, model, gradient, free, accurate=False):
+        """The Newton step; ``accurate``: solved to the rounding error (the finish's steps)."""
         factorization = self._factorize(state.moments, model.blocks, free)
         step = _newton_direction(self.problem, factorization, *gradient)
         if model.exact_blocks:
             return step
-        return self._conjugate_gradients(state, model, gradient, factorization, step, free)
+        return self._conjugate_gradients(
+            state, model, gradient, factorization, step, free, accurate
+        )
 
     def _factorize(self, moments, blocks, free) -> Factorization:
         """The block Newton system with the penalty's blocks added to the local blocks.
@@ -369,7 +402,7 @@ class _Solver:
         product_local[:, 1:] += model.hessian_product(vector_local[:, 1:])
         return product_global, _project(free, product_local)
 
-    def _conjugate_gradients(self, state, model, gradient, factorization, start, free):
+    def _conjugate_gradients(self, state, model, gradient, factorization, start, free, accurate):
         """Solve the exact Newton system by conjugate gradients, preconditioned by the block
         solve (exact within each group, missing the penalty's coupling between groups)."""
 
@@ -385,11 +418,11 @@ class _Solver:
         size = np.sqrt(dot(gradient, gradient))
         # Inexact Newton: a relative residual that shrinks with the gradient keeps the
         # convergence superlinear without solving far steps exactly.
-        target = min(0.1, np.sqrt(size)) * size
+        target = (1e-10 if accurate else min(0.1, np.sqrt(size))) * size
         z = precondition(residual)
         p = z
         rz = dot(residual, z)
-        for _ in range(CG_ITERATIONS):
+        for _ in range(10 * CG_ITERATIONS if accurate else CG_ITERATIONS):
             if np.sqrt(dot(residual, residual)) <= max(target, 1e-3 * self.tol):
                 break
             self.cg_iterations += 1
@@ -490,7 +523,7 @@ class _Solver:
         row space.
         """
         _, sigma, _ = np.linalg.svd(state.delta, full_matrices=False)
-        rank = int(np.count_nonzero(sigma / np.hypot(sigma, epsilon) >= 1.0 - ACTIVE_SLOPE))
+        rank = int(np.count_nonzero(sigma / np.hypot(sigma, epsilon) >= 1.0 - NUCLEAR_SLOPE))
         best = None
         for _ in range(NUCLEAR_ROUNDS):
             v = np.linalg.svd(state.delta, full_matrices=False)[2][:rank].T
@@ -509,26 +542,45 @@ class _Solver:
                 best = report
             if _worst(report[1]) <= self.tol or rank == 0:
                 break
-            state = self._tangent_step(solved, rank, epsilon)
+            state = self._tangent_step(solved, rank)
         return best
 
-    def _tangent_step(self, state: _State, rank: int, epsilon: float) -> _State:
-        """A Newton step on the exact gradient, projected on the tangent space at rank r."""
+    def _tangent_step(self, state: _State, rank: int) -> _State:
+        """A Newton step on the exact gradient in the tangent space of the rank-r matrices.
+
+        The curvature is that of the smoothing at ``ε = TANGENT_SMOOTHING`` at the point whose
+        small singular values are those the smoothed optimum would have: with the imbalance
+        outside both subspaces ``R⊥ = −W/b``, the singular values ``t`` of ``W`` give
+        ``σ = ε t/√(1 − t²)``. Their curvature across the subspaces is the second-order term
+        that makes these steps converge quadratically; the ``1/ε`` curvature within ``R⊥``
+        keeps the step tangent.
+        """
+        epsilon = TANGENT_SMOOTHING
         u, sigma, vt = np.linalg.svd(state.delta, full_matrices=False)
-        ur, vr = u[:, :rank], vt[:rank].T
-        model = self.penalty.smoothed(state.delta, epsilon)
+        ur, vr, sr = u[:, :rank], vt[:rank].T, sigma[:rank]
         gradient_global, gradient_local = _gradient(
             self.problem, state.theta_global, state.theta_local, state.moments[:, :, 0]
         )
+        imbalance = gradient_local[:, 1:].copy()
+        # Orthonormal complements of both subspaces, and W in their coordinates.
+        left = np.linalg.qr(ur, mode="complete")[0][:, rank:]
+        right = np.linalg.qr(vr, mode="complete")[0][:, rank:]
+        uw, tw, vwt = np.linalg.svd(-self.penalty.scale[0] * (left.T @ imbalance @ right))
+        m = min(imbalance.shape) - rank
+        slope = np.minimum(tw[:m], 1.0 - 1e-12)
+        svd = (
+            np.hstack([ur, left @ uw[:, :m]]),
+            np.concatenate([sr, epsilon * slope / np.sqrt(1.0 - slope**2)]),
+            np.hstack([vr, right @ vwt[:m].T]).T,
+        )
+        delta = (svd[0] * svd[1]) @ svd[2]
+        model = self.penalty.smoothed(delta, epsilon, svd)
         # R + U V'/b, without its part outside both subspaces (a subgradient's W absorbs it).
-        exact = gradient_local[:, 1:] + self.penalty.inverse_scale[0] * (ur @ vr.T)
+        exact = imbalance + self.penalty.inverse_scale[0] * (ur @ vr.T)
         outside = exact - ur @ (ur.T @ exact)
         gradient_local[:, 1:] = exact - (outside - (outside @ vr) @ vr.T)
-        gradient = (gradient_global, gradient_local)
-        step = self.direction(state, model, gradient, None)
-        theta_global = state.theta_global + step[0]
-        theta_local = state.theta_local + step[1]
-        return self.state(theta_global, theta_local, 0.0)
+        step = self.direction(state, model, (gradient_global, gradient_local), None, True)
+        return self.state(state.theta_global + step[0], state.theta_local + step[1], 0.0)
 
     def _report(self, state: _State):
         state.moments = accumulate_moments(self.problem, state.w)
