@@ -115,7 +115,7 @@ ORACLE_CASES = {
     "laplace, 3 slopes": ("laplace", dict(seed=11, n_unit=3), 1.0),
     "laplace, categorical": ("laplace", dict(seed=12, n_unit=2, categorical_levels=3), 0.8),
     "low rank, 3 slopes": ("low_rank", dict(seed=13, n_unit=3), 1.0),
-    "low rank, rank deficient": ("low_rank", dict(seed=14, n_unit=4), 0.3),
+    "low rank, rank deficient": ("low_rank", dict(seed=14, n_unit=4), 0.1),
 }
 
 
@@ -144,7 +144,7 @@ def test_weights_equal_primal_solution_with_active_bounds(case):
 def test_low_rank_deviations_are_low_rank():
     frame, roles = make_frame(seed=14, sizes=(40, 90), n_groups=6, n_unit=4, n_group=1)
     model = hierps.Model(frame, **roles)
-    fit = fit_quietly(model, sigma_beta=0.3, sigma_alpha=1.5, deviations="low_rank")
+    fit = fit_quietly(model, sigma_beta=0.1, sigma_alpha=1.5, deviations="low_rank")
     delta = fit.coefficients["beta_deviation"].to_numpy()
     rank = np.linalg.matrix_rank(delta)
     assert 0 < rank < min(delta.shape)
@@ -154,10 +154,10 @@ def test_low_rank_deviations_are_low_rank():
 def test_laplace_deviations_are_sparse_and_inactive_when_the_box_is_wide():
     frame, roles = make_frame(seed=11, sizes=(40, 90), n_groups=6, n_unit=3, n_group=1)
     model = hierps.Model(frame, **roles)
-    fit = fit_quietly(model, sigma_beta=0.05, deviations="laplace")
-    # With a box 20 wide no group needs a deviation of its own: complete pooling.
+    fit = fit_quietly(model, sigma_beta=0.01, deviations="laplace")
+    # With a box 100 wide no group needs a deviation of its own: complete pooling.
     assert np.all(fit.coefficients["beta_deviation"].to_numpy() == 0)
-    assert np.abs(school_imbalance(model, fit)).max() < 20
+    assert np.abs(school_imbalance(model, fit)).max() < 100
 
 
 def test_normal_deviations_reproduce_the_default_fit_exactly():
@@ -187,7 +187,7 @@ def test_group_without_controls_is_refused_before_solving():
     frame, roles = make_frame(seed=6, sizes=(40, 90), n_groups=5, n_unit=2, n_group=0)
     frame = frame[~((frame["school"] == "s001") & (frame["z"] == 0))]
     model = hierps.Model(frame, **roles)
-    with pytest.raises(ArgumentError, match=r"no weighted units.*'s001'"):
+    with pytest.raises(ArgumentError, match=r"'s001' have no weighted units"):
         fit_quietly(model, sigma_beta=5.0, deviations="laplace")
 
 
