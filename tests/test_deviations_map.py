@@ -272,3 +272,12 @@ def test_balance_table_and_pooling_path_show_the_imposed_criterion():
     path = pooling_path(model, sigma_beta=[0.5, 1.0], deviations="low_rank")
     assert list(path["imposed_bound"]) == pytest.approx([2.0, 1.0])
     assert np.all(path["imposed_value"] <= path["imposed_bound"] + 1e-8)
+
+
+def test_saved_fit_loads_with_its_deviations(tmp_path):
+    frame, roles = make_frame(seed=11, sizes=(40, 90), n_groups=6, n_unit=3, n_group=1)
+    model = hierps.Model(frame, **roles)
+    fit = fit_quietly(model, sigma_beta=1.0, deviations="laplace")
+    loaded = hierps.load(fit.save(tmp_path / "fit.nc"))
+    assert loaded.deviations == "laplace"
+    np.testing.assert_allclose(loaded.weights, fit.weights, rtol=1e-6)
