@@ -80,17 +80,17 @@ LAPLACE_SMOOTHING = 1e-6
 # Nuclear norm: the rank and row space are read off at this smoothing. Smaller ε gains
 # nothing: singular values come out of the SVD with absolute errors of about 1e-16 ‖Δ‖, so
 # the smoothed gradient loses digits as ε approaches that.
-NUCLEAR_SMOOTHING = 1e-5
+NUCLEAR_SMOOTHING = 1e-3
 # The smoothing whose curvature the tangent steps of the nuclear-norm finish use.
 TANGENT_SMOOTHING = 1e-10
 # Rounds of (exact solve on the row space, smoothed step to refine the row space).
-NUCLEAR_ROUNDS = 8
+NUCLEAR_ROUNDS = 12
 # An entry (singular value) counts as active once its smoothed derivative σ/√(σ² + ε²) is
 # within this of 1: |δ| above about 700 ε.
 ACTIVE_SLOPE = 1e-6
 # A singular value counts as active above about 70 ε: the finish is exact, and a smoothing
 # that stops early saves the costliest stages.
-NUCLEAR_SLOPE = 1e-4
+NUCLEAR_SLOPE = 1e-2
 # Entries whose smoothed derivative is below this are shrunk with ε between stages.
 PREDICT_SLOPE = 0.999
 ACTIVE_SET_ROUNDS = 25
@@ -512,15 +512,19 @@ class _Solver:
     def nuclear_finish(self, state, epsilon):
         """Exact nuclear-norm optimum on the row space of the smoothed deviations.
 
-        The smoothed optimum's large singular values give the rank ``r`` and the covariate
+        The smoothed optimum's large singular values give a rank ``r`` and the covariate
         directions ``V`` (d × r). With every ``δ_j`` in ``span(V)``, ``Δ = C V'`` and the
         penalty is ``‖C‖_*``, smooth where ``C`` has rank ``r``: Newton (conjugate gradients
-        on its exact Hessian) solves that problem to ``tol``. The smoothing leaves ``V`` off
-        by about ``ε``; the condition that pins it (no imbalance in the mixed blocks
-        ``U'R(I − VV')``, ``(I − UU')RV``) is then met by Newton steps on the exact gradient
-        in the tangent space of the rank-``r`` matrices, with the smoothed Hessian (whose
-        ``1/ε`` curvature holds the rest at 0), each followed by the exact solve on the new
-        row space.
+        on its exact Hessian) solves that problem to ``tol``. Then, by the optimality
+        conditions left:
+
+        - the imbalance outside both subspaces breaks the bound (``‖W‖_2 > 1``): the rank is
+          too low, and its top singular direction joins ``V``;
+        - the exact solve let a singular value of ``C`` fall to 0: the rank is too high;
+        - otherwise ``V`` is off (the smoothing leaves it off by about ``ε``): the mixed
+          blocks ``U'R(I − VV')``, ``(I − UU')RV`` are not 0. Newton steps on the exact
+          gradient in the tangent space of the rank-``r`` matrices, with the smoothed
+          Hessian, then the exact solve on the new row space, converge quadratically.
         """
         _, sigma, _ = np.linalg.svd(state.delta, full_matrices=False)
         rank = int(np.count_nonzero(sigma / np.hypot(sigma, epsilon) >= 1.0 - NUCLEAR_SLOPE))
@@ -535,15 +539,39 @@ class _Solver:
             theta_local[:, 1:] = state.delta @ v @ v.T
             start = self.state(state.theta_global, theta_local, 0.0)
             solved = self.minimize(start, 0.0, self.tol, free=free, basis=v)
-            if solved is None:
-                return best
-            report = self._report(solved)
-            if best is None or _worst(report[1]) < _worst(best[1]):
-                best = report
-            if _worst(report[1]) <= self.tol or rank == 0:
+            if solved is None:  # the weakest direction cannot be held: try without it
+                if rank == 0:
+                    return best
+                rank -= 1
+                continue
+            state, kkt = self._report(solved)
+            if best is None or _worst(kkt) < _worst(best[1]):
+                best = (state, kkt)
+            if _worst(kkt) <= self.tol:
                 break
-            state = self._tangent_step(solved, rank)
+            if kkt["active"] < rank:
+                rank = int(kkt["active"])
+            elif kkt["dual_feasibility"] > self.tol:
+                state = self._widen(state, rank)
+                rank += 1
+            else:
+                state = self._tangent_step(state, rank)
         return best
+
+    def _widen(self, state: _State, rank: int) -> _State:
+        """Add the direction along which the imbalance breaks the bound to the deviations."""
+        u, sigma, vt = np.linalg.svd(state.delta, full_matrices=False)
+        ur, vr = u[:, :rank], vt[:rank].T
+        outside = self.imbalance(state)
+        outside = outside - ur @ (ur.T @ outside)
+        outside = outside - (outside @ vr) @ vr.T
+        p, _, qt = np.linalg.svd(outside, full_matrices=False)
+        # Moving Δ by −κ p q' lowers the objective at rate ‖R⊥‖ − 1/b > 0; the exact solve
+        # then finds the size, from a start well away from the kink at 0.
+        size = 0.1 * (sigma[0] if rank else 1.0)
+        theta_local = state.theta_local.copy()
+        theta_local[:, 1:] -= size * np.outer(p[:, 0], qt[0])
+        return self.state(state.theta_global, theta_local, 0.0)
 
     def _tangent_step(self, state: _State, rank: int) -> _State:
         """A Newton step on the exact gradient in the tangent space of the rank-r matrices.
