@@ -18,11 +18,12 @@ solve, give the step. The finish is exact:
   linear, off it ``δ = 0``, and the remaining smooth problem is solved by Newton to ``tol``.
   Entries whose sign flips leave the set, entries whose imbalance breaks the box join it,
   until the optimality conditions hold;
-- nuclear norm: the large singular values of the smoothed optimum give the rank ``r`` and
+- nuclear norm: the large singular values of the smoothed optimum give a rank ``r`` and
   the covariate directions ``V``; with every ``δ_j`` in their span the penalty is the nuclear
   norm of an ``r``-column matrix of full rank, which is smooth, and Newton solves that
-  problem exactly. A smoothed step from there refines ``V`` when the optimality conditions
-  outside the span are not yet met.
+  problem exactly. The optimality conditions left then change the rank (a direction where
+  the imbalance breaks the bound joins, a collapsed one leaves) or pin ``V`` by Newton steps
+  in the tangent space of the rank-``r`` matrices.
 
 :func:`proximal_solve` reports the KKT residuals of the non-smooth problem (sign and
 active-set conditions included) and names the groups whose bound cannot be met when the mode
@@ -75,25 +76,32 @@ ARMIJO = 1e-4
 # standardized covariates) and shrinks a hundredfold per stage.
 FIRST_SMOOTHING = 0.1
 SMOOTHING_STEP = 0.01
-# Laplace: the active set is read off at this smoothing, then solved exactly.
+# Laplace: the active set is read off once ε is this small, then solved exactly.
 LAPLACE_SMOOTHING = 1e-6
-# Nuclear norm: the rank and row space are read off at this smoothing. Smaller ε gains
-# nothing: singular values come out of the SVD with absolute errors of about 1e-16 ‖Δ‖, so
-# the smoothed gradient loses digits as ε approaches that.
-NUCLEAR_SMOOTHING = 1e-3
-# The smoothing whose curvature the tangent steps of the nuclear-norm finish use.
-TANGENT_SMOOTHING = 1e-10
-# Rounds of (exact solve on the row space, smoothed step to refine the row space).
-NUCLEAR_ROUNDS = 12
-# An entry (singular value) counts as active once its smoothed derivative σ/√(σ² + ε²) is
-# within this of 1: |δ| above about 700 ε.
+# An entry counts as active once its smoothed derivative |δ|/√(δ² + ε²) is within this of 1
+# (|δ| above about 700 ε).
 ACTIVE_SLOPE = 1e-6
-# A singular value counts as active above about 70 ε: the finish is exact, and a smoothing
-# that stops early saves the costliest stages.
+# Nuclear norm: the rank and row space are read off at this smoothing. The finish corrects
+# both, and smaller ε would only cost conjugate-gradient iterations (the smoothing's 1/ε
+# curvature couples the groups) and digits (singular values come out of the SVD with absolute
+# errors of about 1e-16 ‖Δ‖).
+NUCLEAR_SMOOTHING = 1e-3
+# A singular value counts as active above about 7 ε.
 NUCLEAR_SLOPE = 1e-2
+# Rounds of the nuclear-norm finish (exact solve on a row space, then a change of rank or a
+# tangent step).
+NUCLEAR_ROUNDS = 12
+# The smoothing whose curvature the tangent steps use: it only has to hold the part outside
+# both subspaces at 0, where their gradient is 0.
+TANGENT_SMOOTHING = 1e-6
+# The relative residual of the tangent steps' conjugate gradients: their gradients are
+# already small, so this keeps the convergence fast without solving to rounding.
+TANGENT_FORCING = 1e-4
 # Entries whose smoothed derivative is below this are shrunk with ε between stages.
 PREDICT_SLOPE = 0.999
 ACTIVE_SET_ROUNDS = 25
+# Conjugate-gradient iterations per Newton step of a smoothing stage (ten times as many for
+# the tangent steps).
 CG_ITERATIONS = 50
 # Deviations beyond this on the logit scale mean the iterates run off to infinity: the bound
 # cannot be met and the mode does not exist.
@@ -418,7 +426,7 @@ class _Solver:
         size = np.sqrt(dot(gradient, gradient))
         # Inexact Newton: a relative residual that shrinks with the gradient keeps the
         # convergence superlinear without solving far steps exactly.
-        target = (1e-10 if accurate else min(0.1, np.sqrt(size))) * size
+        target = (TANGENT_FORCING if accurate else min(0.1, np.sqrt(size))) * size
         z = precondition(residual)
         p = z
         rz = dot(residual, z)
