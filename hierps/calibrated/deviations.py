@@ -29,8 +29,10 @@ import pandas as pd
 __all__ = [
     "DEVIATIONS",
     "Penalty",
+    "group_minima",
     "imposed_criterion",
     "infeasible_groups",
+    "jointly_infeasible",
     "kkt_residuals",
     "penalty_of",
 ]
@@ -264,7 +266,8 @@ def infeasible_groups(
     are independent: one linear program per group (SciPy's HiGHS) minimizes
     ``max_k b_k |r_jk|``. For the spectral-norm ball a group's column alone must satisfy
     ``b ‖r_j‖₂ < 1`` (``‖R‖_2`` is at least every column's norm): a non-negative least-squares
-    problem per group. The joint condition can still fail when every group passes.
+    problem per group. The joint condition can still fail when every group passes (see
+    :func:`jointly_infeasible`).
 
     Parameters
     ----------
@@ -281,10 +284,26 @@ def infeasible_groups(
     numpy.ndarray
         ``(J,)`` booleans: the groups that cannot meet the bound.
     """
+    return group_minima(penalty, controls, targets) >= 1.0 - 1e-9
+
+
+def jointly_infeasible(penalty: Penalty, controls: list[np.ndarray], targets: np.ndarray) -> bool:
+    """Whether no weights meet the spectral-norm bound, by a Frobenius-norm certificate.
+
+    ``‖R‖_F² ≤ min(J, d) ‖R‖_2²``, and ``‖R‖_F²`` is at least the sum of each group's smallest
+    ``‖r_j‖²``: if that sum exceeds ``min(J, d)/b²``, every ``w`` breaks the bound.
+    """
+    minima = group_minima(penalty, controls, targets)
+    return bool(np.sum(minima**2) > min(targets.shape))
+
+
+def group_minima(penalty: Penalty, controls: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
+    """Each group's smallest scaled imbalance over ``w ≥ 0``: ``max_k b_k |r_jk|`` (box) or
+    ``b ‖r_j‖₂`` (ball); 1 or more where the group cannot meet the bound."""
     from scipy.optimize import linprog, nnls
 
     scale = penalty.scale
-    flagged = np.zeros(len(targets), dtype=bool)
+    minima = np.zeros(len(targets))
     for j, (x, t) in enumerate(zip(controls, targets, strict=True)):
         if penalty.kind == "laplace":
             if len(x) == 0:
@@ -302,8 +321,8 @@ def infeasible_groups(
         else:
             best = float(np.linalg.norm(t)) if len(x) == 0 else nnls(x.T, t)[1]
             best *= float(scale[0])
-        flagged[j] = best >= 1.0 - 1e-9
-    return flagged
+        minima[j] = best
+    return minima
 
 
 #: What each prior bounds, as the balance tables name it.

@@ -43,6 +43,7 @@ from hierps.calibrated.deviations import (
     Penalty,
     Smoothed,
     infeasible_groups,
+    jointly_infeasible,
     kkt_residuals,
     penalty_of,
 )
@@ -686,6 +687,15 @@ def _raise_without_mode(problem, penalty, labels, solver) -> None:
             f"deviations={penalty.kind!r}: the MAP does not exist — no weights of the "
             f"controls of {_named(problem, flagged, labels)} meet the bound "
             f"{_bound_message(penalty)}; use a smaller sigma_beta or deviations='normal'"
+        )
+    if penalty.kind == "low_rank" and jointly_infeasible(
+        penalty, _group_controls(problem), targets
+    ):
+        raise ArgumentError(
+            f"deviations='low_rank': the MAP does not exist — every group can meet the bound "
+            f"{_bound_message(penalty)} alone, but not all together (the sum of the groups' "
+            f"smallest squared imbalances exceeds min(groups, slopes)/sigma_beta²); use a "
+            f"smaller sigma_beta or deviations='normal'"
         )
     joint = (
         " (every group meets the bound alone, but possibly not all together)"
