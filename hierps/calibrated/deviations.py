@@ -21,20 +21,35 @@ Matrices are ``(J, d)``: one row per group, as the solver holds the deviations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from hierps.exceptions import ArgumentError, ConvergenceError
+
+if TYPE_CHECKING:
+    from hierps.calibrated.newton import NewtonTrace
+    from hierps.calibrated.problem import CalibratedProblem
+    from hierps.design.build import Design
+    from hierps.design.hyperparameters import MapHyperparameters
+
 __all__ = [
     "DEVIATIONS",
+    "InBasis",
     "Penalty",
+    "SignedLinear",
+    "deviation_solver",
     "group_minima",
     "imposed_criterion",
     "infeasible_groups",
     "jointly_infeasible",
     "kkt_residuals",
     "penalty_of",
+    "raise_without_mode",
+    "refuse_empty_groups",
 ]
 
 #: The priors of the group slope deviations in MAP mode.
@@ -172,6 +187,31 @@ class _NuclearSmoothed(Smoothed):
         columns_outside = u.T @ direction - projected @ v.T  # U' E (I − VV')
         product = inner + (rows_outside * self.g) @ v.T + u @ (self.g[:, None] * columns_outside)
         return product * self.c
+
+
+class SignedLinear(Smoothed):
+    """The Laplace penalty on a fixed active set with fixed signs: linear, ``Σ s δ / b``."""
+
+    def __init__(self, signs: np.ndarray, inverse_scale: np.ndarray) -> None:
+        self.gradient = signs * inverse_scale
+        self.blocks = np.zeros((*signs.shape, signs.shape[1]))
+        self.exact_blocks = True
+
+    def hessian_product(self, direction: np.ndarray) -> np.ndarray:
+        return np.zeros_like(direction)
+
+
+class InBasis(Smoothed):
+    """A penalty of ``C = Δ V`` (J × r) read as one of ``Δ = C V'`` (``V`` orthonormal)."""
+
+    def __init__(self, inner: Smoothed, basis: np.ndarray) -> None:
+        self.inner, self.basis = inner, basis
+        self.gradient = inner.gradient @ basis.T
+        self.blocks = basis @ inner.blocks @ basis.T
+        self.exact_blocks = inner.exact_blocks
+
+    def hessian_product(self, direction: np.ndarray) -> np.ndarray:
+        return self.inner.hessian_product(direction @ self.basis) @ self.basis.T
 
 
 def penalty_of(kind: str, scale: np.ndarray) -> Penalty:
@@ -368,3 +408,118 @@ def imposed_criterion(result: object) -> pd.DataFrame | None:
     table = pd.DataFrame(rows).set_index("arm")
     table.attrs["scale"] = "standardized covariates, totals over units (docs/math.md §19)"
     return table
+
+
+def group_controls(problem: CalibratedProblem) -> list[np.ndarray]:
+    """Per solver group, ``(n_j, d)``: the varying covariates of its controls × base weight."""
+    local = problem.local_index[1:]
+    controls = []
+    for bucket in problem.buckets:
+        offsets = problem.padding[bucket.rows].reshape(bucket.z.shape[0], -1)
+        for z, offset in zip(bucket.z, offsets, strict=True):
+            present = np.isfinite(offset)
+            controls.append((z[local][:, present] * np.exp(offset[present])).T)
+    while len(controls) < problem.n_groups:  # groups without controls come last
+        controls.append(np.zeros((0, len(local))))
+    return controls
+
+
+def _named(problem: CalibratedProblem, flagged: np.ndarray, labels: list) -> str:
+    names = [repr(labels[int(code)]) for code in problem.group_order[flagged]]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"{len(names)} group(s): {shown}"
+
+
+def _bound_message(penalty: Penalty) -> str:
+    if penalty.kind == "laplace":
+        bound = np.unique(penalty.inverse_scale)
+        text = f"{bound[0]:.4g}" if len(bound) == 1 else "1/sigma_beta_k"
+        return f"|within-group imbalance| <= 1/sigma_beta = {text} on every varying covariate"
+    return (
+        f"spectral norm of the within-group imbalance matrix <= 1/sigma_beta = "
+        f"{penalty.inverse_scale[0]:.4g}"
+    )
+
+
+def refuse_empty_groups(problem: CalibratedProblem, penalty: Penalty, labels: list) -> None:
+    """Groups without controls cannot move their imbalance: check them before solving."""
+    empty = problem.layout.gram[:, 0, 0] == 0
+    if not empty.any():
+        return
+    targets = problem.treated_moments[:, problem.local_index[1:]] * penalty.scale
+    if penalty.kind == "laplace":
+        excess = np.abs(targets).max(axis=1, initial=0.0) >= 1.0
+    else:
+        excess = np.linalg.norm(targets, axis=1) >= 1.0
+    flagged = empty & excess
+    if flagged.any():
+        raise ArgumentError(
+            f"deviations={penalty.kind!r}: the MAP does not exist — "
+            f"{_named(problem, flagged, labels)} have no weighted units, so their imbalance "
+            f"cannot meet the bound {_bound_message(penalty)}; use a smaller sigma_beta, "
+            f"deviations='normal', or drop those groups"
+        )
+
+
+def raise_without_mode(
+    problem: CalibratedProblem, penalty: Penalty, labels: list, failure: str
+) -> None:
+    """Name the groups whose bound is infeasible, or report the failure as it is."""
+    targets = problem.treated_moments[:, problem.local_index[1:]]
+    flagged = infeasible_groups(penalty, group_controls(problem), targets)
+    if flagged.any():
+        raise ArgumentError(
+            f"deviations={penalty.kind!r}: the MAP does not exist — no weights of the "
+            f"controls of {_named(problem, flagged, labels)} meet the bound "
+            f"{_bound_message(penalty)}; use a smaller sigma_beta or deviations='normal'"
+        )
+    if penalty.kind == "low_rank" and jointly_infeasible(penalty, group_controls(problem), targets):
+        raise ArgumentError(
+            f"deviations='low_rank': the MAP does not exist — every group can meet the bound "
+            f"{_bound_message(penalty)} alone, but not all together (the sum of the groups' "
+            f"smallest squared imbalances exceeds min(groups, slopes)/sigma_beta²); use a "
+            f"smaller sigma_beta or deviations='normal'"
+        )
+    joint = (
+        " (every group meets the bound alone, but possibly not all together)"
+        if penalty.kind == "low_rank"
+        else ""
+    )
+    raise ConvergenceError(
+        f"deviations={penalty.kind!r}: the MAP solver failed ({failure}){joint}; "
+        f"try a smaller sigma_beta, a larger tol or more max_iterations"
+    )
+
+
+def deviation_solver(
+    design: Design, hyperparameters: MapHyperparameters, deviations: str
+) -> Callable[..., NewtonTrace]:
+    """The solver of :func:`hierps.calibrated.fit.fit_map` for ``deviations`` other than
+    ``"normal"``, after refusing the combinations it does not support."""
+    n_varying = int(design.varying.sum())
+    if n_varying == 0:
+        raise ArgumentError(
+            f"deviations={deviations!r}: the model has no varying slopes, so there are no "
+            f"slope deviations to penalize"
+        )
+    scale = hyperparameters.sigma_beta_vector(n_varying)
+    if deviations == "low_rank" and np.ptp(scale) > 0:
+        raise ArgumentError(
+            "deviations='low_rank' takes one sigma_beta (the nuclear norm has one scale), "
+            f"not {np.asarray(hyperparameters.sigma_beta).tolist()}"
+        )
+    # As in the normal case, scales beyond the precision bounds act as the bounds.
+    from hierps.calibrated.hierarchy import PRECISION_BOUNDS
+    from hierps.calibrated.proximal import proximal_solve
+
+    low, high = PRECISION_BOUNDS
+    scale = np.clip(scale, high**-0.5, low**-0.5)
+    penalty = penalty_of(deviations, scale)
+    labels = list(design.groups)
+
+    def solve(problem, theta_global=None, theta_local=None, tol=1e-8, max_iterations=100):
+        return proximal_solve(
+            problem, penalty, theta_global, theta_local, tol, max_iterations, labels
+        )
+
+    return solve

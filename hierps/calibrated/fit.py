@@ -25,7 +25,7 @@ import pandas as pd
 
 from hierps.arguments import check_integer, check_number
 from hierps.calibrated.arms import ESTIMANDS, Arm, arms_of
-from hierps.calibrated.deviations import DEVIATIONS
+from hierps.calibrated.deviations import DEVIATIONS, deviation_solver
 from hierps.calibrated.hierarchy import hierarchical_problem, relative_to_largest
 from hierps.calibrated.newton import NewtonTrace, newton_solve
 from hierps.calibrated.problem import CalibratedProblem
@@ -153,8 +153,6 @@ def fit_map(
     hyperparameters = MapHyperparameters.from_user(int(design.varying.sum()), **given)
     solve = newton_solve
     if deviations != "normal":
-        from hierps.calibrated.proximal import deviation_solver
-
         solve = deviation_solver(design, hyperparameters, deviations)
     solved = []
     for index, arm in enumerate(arms_of(estimand)):
@@ -228,6 +226,9 @@ class MapResult:
     selection
         How ``"auto"`` scales were chosen (an
         :class:`~hierps.calibrated.empirical_bayes.ScaleSelection`), else ``None``.
+    deviations, kkt
+        The prior of the slope deviations and, unless ``"normal"``, the optimality residuals
+        of each weighted arm's non-smooth problem, by arm name (docs/math.md §19).
     """
 
     def __init__(
@@ -251,8 +252,6 @@ class MapResult:
         self._arms = [arm for arm, _, _ in solved]
         self._theta_global = traces[0].theta_global
         self._theta_local = traces[0].theta_local
-        #: The prior of the slope deviations and, unless normal, the KKT residuals of each
-        #: weighted arm's non-smooth problem (hierps.calibrated.deviations.kkt_residuals).
         self.deviations = getattr(traces[0], "deviations", "normal")
         self.kkt = {arm.name: getattr(t, "kkt", {}) for arm, _, t in solved}
         base = design.unit_weights

@@ -1,53 +1,35 @@
-"""MAP mode with Laplace or nuclear-norm slope deviations: smoothing, continuation, exact finish.
+"""MAP mode with Laplace or nuclear-norm slope deviations (docs/math.md §19).
 
-The objective is the calibrated loss with the Gaussian priors of :mod:`hierps.calibrated.newton`
-except on the slope deviations ``Δ``, which carry a non-smooth penalty ``h(Δ)``
-(:mod:`hierps.calibrated.deviations`). It is convex but not differentiable where entries of
-``Δ`` (Laplace) or its singular values (nuclear norm) vanish, and those zeros are the point:
-the balance bound is active exactly there.
-
-The solver replaces ``|·|`` by ``√(·² + ε²)`` and follows the smoothed optima down a geometric
-sequence of ``ε`` with damped Newton steps that reuse the block structure of the Newton solver:
-the per-group Hessian blocks gain the penalty's blocks, the global block is eliminated by its
-Schur complement. For the Laplace penalty the smoothed Hessian is block diagonal and the steps
-are exact Newton steps; for the nuclear norm the Hessian couples the groups through the
-singular vectors, and conjugate gradients on the exact Hessian, preconditioned by the block
-solve, give the step. The finish is exact:
-
-- Laplace: the signs of the large entries of ``Δ`` fix an active set; on it the penalty is
-  linear, off it ``δ = 0``, and the remaining smooth problem is solved by Newton to ``tol``.
-  Entries whose sign flips leave the set, entries whose imbalance breaks the box join it,
-  until the optimality conditions hold;
-- nuclear norm: the large singular values of the smoothed optimum give a rank ``r`` and
-  the covariate directions ``V``; with every ``δ_j`` in their span the penalty is the nuclear
-  norm of an ``r``-column matrix of full rank, which is smooth, and Newton solves that
-  problem exactly. The optimality conditions left then change the rank (a direction where
-  the imbalance breaks the bound joins, a collapsed one leaves) or pin ``V`` by Newton steps
-  in the tangent space of the rank-``r`` matrices.
-
-:func:`proximal_solve` reports the KKT residuals of the non-smooth problem (sign and
-active-set conditions included) and names the groups whose bound cannot be met when the mode
-does not exist.
+The calibrated loss with the Gaussian priors of :mod:`hierps.calibrated.newton`, except on the
+slope deviations ``Δ``, whose penalty (:mod:`hierps.calibrated.deviations`) is convex but not
+differentiable where entries of ``Δ`` (Laplace) or its singular values (nuclear norm) vanish —
+exactly where the balance bound binds. The solver smooths ``|·|`` to ``√(·² + ε²)`` and follows
+the smoothed optima down a geometric sequence of ``ε`` with damped Newton steps on the block
+structure of the Newton solver (the penalty's per-group Hessian blocks join the local blocks;
+for the nuclear norm, whose Hessian couples the groups, conjugate gradients preconditioned by
+that block solve). The finish is exact: an active set with fixed signs (Laplace), or an exact
+solve on a row space of the deviations with rank changes and tangent Newton steps (nuclear
+norm). :func:`proximal_solve` reports the KKT residuals of the non-smooth problem and names
+the groups whose bound cannot be met when the mode does not exist.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hierps.calibrated.deviations import (
+    InBasis,
     Penalty,
+    SignedLinear,
     Smoothed,
-    infeasible_groups,
-    jointly_infeasible,
     kkt_residuals,
-    penalty_of,
+    raise_without_mode,
+    refuse_empty_groups,
 )
-from hierps.calibrated.hierarchy import PRECISION_BOUNDS
 from hierps.calibrated.newton import (
     _BLAS,
     Factorization,
@@ -64,13 +46,9 @@ from hierps.calibrated.newton import (
     linear_predictor,
 )
 from hierps.calibrated.problem import CalibratedProblem
-from hierps.exceptions import ArgumentError, ConvergenceError
+from hierps.exceptions import ArgumentError
 
-if TYPE_CHECKING:
-    from hierps.design.build import Design
-    from hierps.design.hyperparameters import MapHyperparameters
-
-__all__ = ["ProximalTrace", "deviation_solver", "proximal_solve"]
+__all__ = ["ProximalTrace", "proximal_solve"]
 
 ARMIJO = 1e-4
 # The smoothing starts at ε = 0.1 (deviations are of order 0.1–1 on the logit scale of
@@ -115,31 +93,6 @@ class ProximalTrace(NewtonTrace):
 
     deviations: str = "normal"
     kkt: dict[str, float] = field(default_factory=dict)
-
-
-class _Signed(Smoothed):
-    """The Laplace penalty on a fixed active set with fixed signs: linear, ``Σ s δ / b``."""
-
-    def __init__(self, signs: np.ndarray, inverse_scale: np.ndarray) -> None:
-        self.gradient = signs * inverse_scale
-        self.blocks = np.zeros((*signs.shape, signs.shape[1]))
-        self.exact_blocks = True
-
-    def hessian_product(self, direction: np.ndarray) -> np.ndarray:
-        return np.zeros_like(direction)
-
-
-class _InBasis(Smoothed):
-    """A penalty of ``C = Δ V`` (J × r) read as one of ``Δ = C V'`` (``V`` orthonormal)."""
-
-    def __init__(self, inner: Smoothed, basis: np.ndarray) -> None:
-        self.inner, self.basis = inner, basis
-        self.gradient = inner.gradient @ basis.T
-        self.blocks = basis @ inner.blocks @ basis.T
-        self.exact_blocks = inner.exact_blocks
-
-    def hessian_product(self, direction: np.ndarray) -> np.ndarray:
-        return self.inner.hessian_product(direction @ self.basis) @ self.basis.T
 
 
 def _project(free: np.ndarray | None, local: np.ndarray) -> np.ndarray:
@@ -214,7 +167,7 @@ def proximal_solve(
     prior_local[1:] = 0.0  # the penalty replaces the Gaussian prior of the deviations
     problem = dataclasses.replace(problem, prior_local=prior_local)
     labels = list(range(problem.n_groups)) if labels is None else list(labels)
-    _refuse_empty_groups(problem, penalty, labels)
+    refuse_empty_groups(problem, penalty, labels)
     if theta_global is None:
         theta_global = np.zeros(problem.n_global)
         n_treated = problem.treated_moments[:, 0].sum()
@@ -228,7 +181,7 @@ def proximal_solve(
         state = solver.state(np.array(theta_global, dtype=float), theta_local.copy(), 0.0)
         final = solver.run(state)
     if final is None:
-        _raise_without_mode(problem, penalty, labels, solver)
+        raise_without_mode(problem, penalty, labels, solver.failure)
     state, kkt = final
     in_input_order = np.empty_like(state.theta_local)
     in_input_order[problem.group_order] = state.theta_local
@@ -273,11 +226,11 @@ class _Solver:
 
     def _model(self, state: _State, epsilon: float, signs, basis=None) -> Smoothed:
         if signs is not None:
-            return _Signed(signs, self.penalty.inverse_scale)
+            return SignedLinear(signs, self.penalty.inverse_scale)
         if basis is not None and basis.shape[1] == 0:  # rank 0: no deviations, no penalty
-            return _Signed(np.zeros_like(state.delta), self.penalty.inverse_scale)
+            return SignedLinear(np.zeros_like(state.delta), self.penalty.inverse_scale)
         if basis is not None:
-            return _InBasis(self.penalty.smoothed(state.delta @ basis, 0.0), basis)
+            return InBasis(self.penalty.smoothed(state.delta @ basis, 0.0), basis)
         return self.penalty.smoothed(state.delta, epsilon)
 
     def gradient(self, state: _State, model: Smoothed, free: np.ndarray | None):
@@ -625,115 +578,3 @@ class _Solver:
             self.penalty, state.delta, self.imbalance(state), self._smooth_gradient(state)
         )
         return state, kkt
-
-
-def _group_controls(problem: CalibratedProblem) -> list[np.ndarray]:
-    """Per solver group, ``(n_j, d)``: the varying covariates of its controls × base weight."""
-    local = problem.local_index[1:]
-    controls = []
-    for bucket in problem.buckets:
-        offsets = problem.padding[bucket.rows].reshape(bucket.z.shape[0], -1)
-        for z, offset in zip(bucket.z, offsets, strict=True):
-            present = np.isfinite(offset)
-            controls.append((z[local][:, present] * np.exp(offset[present])).T)
-    while len(controls) < problem.n_groups:  # groups without controls come last
-        controls.append(np.zeros((0, len(local))))
-    return controls
-
-
-def _named(problem: CalibratedProblem, flagged: np.ndarray, labels: list) -> str:
-    names = [repr(labels[int(code)]) for code in problem.group_order[flagged]]
-    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-    return f"{len(names)} group(s): {shown}"
-
-
-def _bound_message(penalty: Penalty) -> str:
-    if penalty.kind == "laplace":
-        bound = np.unique(penalty.inverse_scale)
-        text = f"{bound[0]:.4g}" if len(bound) == 1 else "1/sigma_beta_k"
-        return f"|within-group imbalance| <= 1/sigma_beta = {text} on every varying covariate"
-    return (
-        f"spectral norm of the within-group imbalance matrix <= 1/sigma_beta = "
-        f"{penalty.inverse_scale[0]:.4g}"
-    )
-
-
-def _refuse_empty_groups(problem: CalibratedProblem, penalty: Penalty, labels: list) -> None:
-    """Groups without controls cannot move their imbalance: check them before solving."""
-    empty = problem.layout.gram[:, 0, 0] == 0
-    if not empty.any():
-        return
-    targets = problem.treated_moments[:, problem.local_index[1:]] * penalty.scale
-    if penalty.kind == "laplace":
-        excess = np.abs(targets).max(axis=1, initial=0.0) >= 1.0
-    else:
-        excess = np.linalg.norm(targets, axis=1) >= 1.0
-    flagged = empty & excess
-    if flagged.any():
-        raise ArgumentError(
-            f"deviations={penalty.kind!r}: the MAP does not exist — "
-            f"{_named(problem, flagged, labels)} have no weighted units, so their imbalance "
-            f"cannot meet the bound {_bound_message(penalty)}; use a smaller sigma_beta, "
-            f"deviations='normal', or drop those groups"
-        )
-
-
-def _raise_without_mode(problem, penalty, labels, solver) -> None:
-    """Name the groups whose bound is infeasible, or report the failure as it is."""
-    targets = problem.treated_moments[:, problem.local_index[1:]]
-    flagged = infeasible_groups(penalty, _group_controls(problem), targets)
-    if flagged.any():
-        raise ArgumentError(
-            f"deviations={penalty.kind!r}: the MAP does not exist — no weights of the "
-            f"controls of {_named(problem, flagged, labels)} meet the bound "
-            f"{_bound_message(penalty)}; use a smaller sigma_beta or deviations='normal'"
-        )
-    if penalty.kind == "low_rank" and jointly_infeasible(
-        penalty, _group_controls(problem), targets
-    ):
-        raise ArgumentError(
-            f"deviations='low_rank': the MAP does not exist — every group can meet the bound "
-            f"{_bound_message(penalty)} alone, but not all together (the sum of the groups' "
-            f"smallest squared imbalances exceeds min(groups, slopes)/sigma_beta²); use a "
-            f"smaller sigma_beta or deviations='normal'"
-        )
-    joint = (
-        " (every group meets the bound alone, but possibly not all together)"
-        if penalty.kind == "low_rank"
-        else ""
-    )
-    raise ConvergenceError(
-        f"deviations={penalty.kind!r}: the MAP solver failed ({solver.failure}){joint}; "
-        f"try a smaller sigma_beta, a larger tol or more max_iterations"
-    )
-
-
-def deviation_solver(
-    design: Design, hyperparameters: MapHyperparameters, deviations: str
-) -> Callable[..., ProximalTrace]:
-    """The solver of :func:`hierps.calibrated.fit.fit_map` for ``deviations`` other than
-    ``"normal"``, after refusing the combinations it does not support."""
-    n_varying = int(design.varying.sum())
-    if n_varying == 0:
-        raise ArgumentError(
-            f"deviations={deviations!r}: the model has no varying slopes, so there are no "
-            f"slope deviations to penalize"
-        )
-    scale = hyperparameters.sigma_beta_vector(n_varying)
-    if deviations == "low_rank" and np.ptp(scale) > 0:
-        raise ArgumentError(
-            "deviations='low_rank' takes one sigma_beta (the nuclear norm has one scale), "
-            f"not {np.asarray(hyperparameters.sigma_beta).tolist()}"
-        )
-    # As in the normal case, scales beyond the precision bounds act as the bounds.
-    low, high = PRECISION_BOUNDS
-    scale = np.clip(scale, high**-0.5, low**-0.5)
-    penalty = penalty_of(deviations, scale)
-    labels = list(design.groups)
-
-    def solve(problem, theta_global=None, theta_local=None, tol=1e-8, max_iterations=100):
-        return proximal_solve(
-            problem, penalty, theta_global, theta_local, tol, max_iterations, labels
-        )
-
-    return solve
