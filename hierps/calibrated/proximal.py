@@ -45,6 +45,7 @@ from hierps.calibrated.newton import (
     group_coefficients,
     linear_predictor,
 )
+from hierps.calibrated.nuclear import _project, nuclear_finish
 from hierps.calibrated.problem import CalibratedProblem
 from hierps.exceptions import ArgumentError
 
@@ -65,22 +66,10 @@ ACTIVE_SLOPE = 1e-6
 # curvature couples the groups) and digits (singular values come out of the SVD with absolute
 # errors of about 1e-16 ‖Δ‖).
 NUCLEAR_SMOOTHING = 1e-3
-# A singular value counts as active above about 7 ε.
-NUCLEAR_SLOPE = 1e-2
-# Rounds of the nuclear-norm finish (exact solve on a row space, then a change of rank or a
-# tangent step).
-NUCLEAR_ROUNDS = 12
-# The smoothing whose curvature the tangent steps use: it only has to hold the part outside
-# both subspaces at 0, where their gradient is 0.
-TANGENT_SMOOTHING = 1e-6
-# The relative residual of the tangent steps' conjugate gradients: their gradients are
-# already small, so this keeps the convergence fast without solving to rounding.
-TANGENT_FORCING = 1e-4
 # Entries whose smoothed derivative is below this are shrunk with ε between stages.
 PREDICT_SLOPE = 0.999
 ACTIVE_SET_ROUNDS = 25
-# Conjugate-gradient iterations per Newton step of a smoothing stage (ten times as many for
-# the tangent steps).
+# Conjugate-gradient iterations per Newton step of a smoothing stage.
 CG_ITERATIONS = 50
 # Deviations beyond this on the logit scale mean the iterates run off to infinity: the bound
 # cannot be met and the mode does not exist.
@@ -93,17 +82,6 @@ class ProximalTrace(NewtonTrace):
 
     deviations: str = "normal"
     kkt: dict[str, float] = field(default_factory=dict)
-
-
-def _project(free: np.ndarray | None, local: np.ndarray) -> np.ndarray:
-    """Each group's local vector projected by its ``free`` projector (J, K, K)."""
-    if free is None:
-        return local
-    return (free @ local[:, :, None])[:, :, 0]
-
-
-def _worst(kkt: dict[str, float]) -> float:
-    return max(kkt["smooth_gradient"], kkt["stationarity"], kkt["dual_feasibility"])
 
 
 @dataclass
@@ -262,7 +240,7 @@ class _Solver:
             epsilon *= SMOOTHING_STEP
         if laplace:
             return self.active_set_finish(state, epsilon)
-        return self.nuclear_finish(state, epsilon)
+        return nuclear_finish(self, state, epsilon)
 
     def _predict(self, state: _State, epsilon: float, smaller: float) -> _State:
         """The next stage's start: inactive entries (singular values) shrunk with ``ε``.
@@ -321,15 +299,13 @@ class _Solver:
         self.failure = f"{self.cap} Newton steps left the largest gradient at {largest:.3g}"
         return None
 
-    def direction(self, state, model, gradient, free, accurate=False):
-        """The Newton step; ``accurate``: solved to the rounding error (the finish's steps)."""
+    def direction(self, state, model, gradient, free):
+        """The Newton step: direct when the penalty's Hessian is block diagonal, else CG."""
         factorization = self._factorize(state.moments, model.blocks, free)
         step = _newton_direction(self.problem, factorization, *gradient)
         if model.exact_blocks:
             return step
-        return self._conjugate_gradients(
-            state, model, gradient, factorization, step, free, accurate
-        )
+        return self._conjugate_gradients(state, model, gradient, factorization, step, free)
 
     def _factorize(self, moments, blocks, free) -> Factorization:
         """The block Newton system with the penalty's blocks added to the local blocks.
@@ -364,7 +340,7 @@ class _Solver:
         product_local[:, 1:] += model.hessian_product(vector_local[:, 1:])
         return product_global, _project(free, product_local)
 
-    def _conjugate_gradients(self, state, model, gradient, factorization, start, free, accurate):
+    def _conjugate_gradients(self, state, model, gradient, factorization, start, free):
         """Solve the exact Newton system by conjugate gradients, preconditioned by the block
         solve (exact within each group, missing the penalty's coupling between groups)."""
 
@@ -380,11 +356,11 @@ class _Solver:
         size = np.sqrt(dot(gradient, gradient))
         # Inexact Newton: a relative residual that shrinks with the gradient keeps the
         # convergence superlinear without solving far steps exactly.
-        target = (TANGENT_FORCING if accurate else min(0.1, np.sqrt(size))) * size
+        target = min(0.1, np.sqrt(size)) * size
         z = precondition(residual)
         p = z
         rz = dot(residual, z)
-        for _ in range(10 * CG_ITERATIONS if accurate else CG_ITERATIONS):
+        for _ in range(CG_ITERATIONS):
             if np.sqrt(dot(residual, residual)) <= max(target, 1e-3 * self.tol):
                 break
             self.cg_iterations += 1
@@ -470,107 +446,6 @@ class _Solver:
             self.failure = f"the active set did not settle in {ACTIVE_SET_ROUNDS} rounds"
             return None
         return self._report(state)
-
-    def nuclear_finish(self, state, epsilon):
-        """Exact nuclear-norm optimum on the row space of the smoothed deviations.
-
-        The smoothed optimum's large singular values give a rank ``r`` and the covariate
-        directions ``V`` (d × r). With every ``δ_j`` in ``span(V)``, ``Δ = C V'`` and the
-        penalty is ``‖C‖_*``, smooth where ``C`` has rank ``r``: Newton (conjugate gradients
-        on its exact Hessian) solves that problem to ``tol``. Then, by the optimality
-        conditions left:
-
-        - the imbalance outside both subspaces breaks the bound (``‖W‖_2 > 1``): the rank is
-          too low, and its top singular direction joins ``V``;
-        - the exact solve let a singular value of ``C`` fall to 0: the rank is too high;
-        - otherwise ``V`` is off (the smoothing leaves it off by about ``ε``): the mixed
-          blocks ``U'R(I − VV')``, ``(I − UU')RV`` are not 0. Newton steps on the exact
-          gradient in the tangent space of the rank-``r`` matrices, with the smoothed
-          Hessian, then the exact solve on the new row space, converge quadratically.
-        """
-        _, sigma, _ = np.linalg.svd(state.delta, full_matrices=False)
-        rank = int(np.count_nonzero(sigma / np.hypot(sigma, epsilon) >= 1.0 - NUCLEAR_SLOPE))
-        best = None
-        for _ in range(NUCLEAR_ROUNDS):
-            v = np.linalg.svd(state.delta, full_matrices=False)[2][:rank].T
-            free = np.zeros((self.problem.n_local, self.problem.n_local))
-            free[0, 0] = 1.0
-            free[1:, 1:] = v @ v.T
-            free = np.broadcast_to(free, (self.problem.n_groups, *free.shape))
-            theta_local = state.theta_local.copy()
-            theta_local[:, 1:] = state.delta @ v @ v.T
-            start = self.state(state.theta_global, theta_local, 0.0)
-            solved = self.minimize(start, 0.0, self.tol, free=free, basis=v)
-            if solved is None:  # the weakest direction cannot be held: try without it
-                if rank == 0:
-                    return best
-                rank -= 1
-                continue
-            state, kkt = self._report(solved)
-            if best is None or _worst(kkt) < _worst(best[1]):
-                best = (state, kkt)
-            if _worst(kkt) <= self.tol:
-                break
-            if kkt["active"] < rank:
-                rank = int(kkt["active"])
-            elif kkt["dual_feasibility"] > self.tol:
-                state = self._widen(state, rank)
-                rank += 1
-            else:
-                state = self._tangent_step(state, rank)
-        return best
-
-    def _widen(self, state: _State, rank: int) -> _State:
-        """Add the direction along which the imbalance breaks the bound to the deviations."""
-        u, sigma, vt = np.linalg.svd(state.delta, full_matrices=False)
-        ur, vr = u[:, :rank], vt[:rank].T
-        outside = self.imbalance(state)
-        outside = outside - ur @ (ur.T @ outside)
-        outside = outside - (outside @ vr) @ vr.T
-        p, _, qt = np.linalg.svd(outside, full_matrices=False)
-        # Moving Δ by −κ p q' lowers the objective at rate ‖R⊥‖ − 1/b > 0; the exact solve
-        # then finds the size, from a start well away from the kink at 0.
-        size = 0.1 * (sigma[0] if rank else 1.0)
-        theta_local = state.theta_local.copy()
-        theta_local[:, 1:] -= size * np.outer(p[:, 0], qt[0])
-        return self.state(state.theta_global, theta_local, 0.0)
-
-    def _tangent_step(self, state: _State, rank: int) -> _State:
-        """A Newton step on the exact gradient in the tangent space of the rank-r matrices.
-
-        The curvature is that of the smoothing at ``ε = TANGENT_SMOOTHING`` at the point whose
-        small singular values are those the smoothed optimum would have: with the imbalance
-        outside both subspaces ``R⊥ = −W/b``, the singular values ``t`` of ``W`` give
-        ``σ = ε t/√(1 − t²)``. Their curvature across the subspaces is the second-order term
-        that makes these steps converge quadratically; the ``1/ε`` curvature within ``R⊥``
-        keeps the step tangent.
-        """
-        epsilon = TANGENT_SMOOTHING
-        u, sigma, vt = np.linalg.svd(state.delta, full_matrices=False)
-        ur, vr, sr = u[:, :rank], vt[:rank].T, sigma[:rank]
-        gradient_global, gradient_local = _gradient(
-            self.problem, state.theta_global, state.theta_local, state.moments[:, :, 0]
-        )
-        imbalance = gradient_local[:, 1:].copy()
-        # Orthonormal complements of both subspaces, and W in their coordinates.
-        left = np.linalg.qr(ur, mode="complete")[0][:, rank:]
-        right = np.linalg.qr(vr, mode="complete")[0][:, rank:]
-        uw, tw, vwt = np.linalg.svd(-self.penalty.scale[0] * (left.T @ imbalance @ right))
-        m = min(imbalance.shape) - rank
-        slope = np.minimum(tw[:m], 1.0 - 1e-12)
-        svd = (
-            np.hstack([ur, left @ uw[:, :m]]),
-            np.concatenate([sr, epsilon * slope / np.sqrt(1.0 - slope**2)]),
-            np.hstack([vr, right @ vwt[:m].T]).T,
-        )
-        delta = (svd[0] * svd[1]) @ svd[2]
-        model = self.penalty.smoothed(delta, epsilon, svd)
-        # R + U V'/b, without its part outside both subspaces (a subgradient's W absorbs it).
-        exact = imbalance + self.penalty.inverse_scale[0] * (ur @ vr.T)
-        outside = exact - ur @ (ur.T @ exact)
-        gradient_local[:, 1:] = exact - (outside - (outside @ vr) @ vr.T)
-        step = self.direction(state, model, (gradient_global, gradient_local), None, True)
-        return self.state(state.theta_global + step[0], state.theta_local + step[1], 0.0)
 
     def _report(self, state: _State):
         state.moments = accumulate_moments(self.problem, state.w)
