@@ -178,7 +178,7 @@ class Model:
         ``options`` are the keyword arguments of :func:`hierps.calibrated.fit.fit_map`
         (``sigma_alpha``, ``sigma_beta``, ``sigma_mu_beta``, ``sigma_gamma``,
         ``sigma_intercept``, ``estimand`` (``"att"``, ``"atc"`` or ``"ate"``), ``tol``,
-        ``max_iterations``, ``init``); an unknown one raises
+        ``max_iterations``, ``init``, ``deviations``); an unknown one raises
         :class:`~hierps.exceptions.ArgumentTypeError` (a ``TypeError``).
         ``sigma_alpha="auto"`` and ``sigma_beta="auto"`` estimate those scales from the data
         (empirical Bayes; see ``result.selection``).
@@ -192,7 +192,16 @@ class Model:
                     f"estimand={options['estimand']!r}: a model of a Dask DataFrame fits ATT "
                     f"weights only (see docs/scale.md)"
                 )
-            options = {key: value for key, value in options.items() if key != "estimand"}
+            if options.get("deviations", "normal") != "normal":
+                raise ArgumentError(
+                    f"deviations={options['deviations']!r}: a model of a Dask DataFrame fits "
+                    f"normal slope deviations only (see docs/scale.md)"
+                )
+            options = {
+                key: value
+                for key, value in options.items()
+                if key not in ("estimand", "deviations")
+            }
             if any(isinstance(options.get(name), str) for name in ("sigma_alpha", "sigma_beta")):
                 raise ArgumentError(
                     "sigma_alpha/sigma_beta='auto' is not available on a Dask DataFrame; give "

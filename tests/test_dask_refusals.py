@@ -27,7 +27,11 @@ def test_base_weights_are_refused(dask_frame):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"estimand": "ate"}, "estimand='ate'"), ({"sigma_beta": "auto"}, "'auto'")],
+    [
+        ({"estimand": "ate"}, "estimand='ate'"),
+        ({"sigma_beta": "auto"}, "'auto'"),
+        ({"deviations": "laplace"}, "deviations='laplace'"),
+    ],
 )
 def test_estimands_and_auto_scales_are_refused(dask_frame, options, message):
     frame, roles = dask_frame

@@ -89,3 +89,11 @@ def test_demo_model_file_equals_the_built_in_demo():
     assert read_spec(MODELS / "demo.toml").model_dump(exclude={"source"}) == demo_spec().model_dump(
         exclude={"source"}
     )
+
+
+def test_map_deviations_are_validated_and_kept_out_of_the_scales(tmp_path):
+    with pytest.raises(SpecError, match=r"map\.deviations"):
+        read_spec(write(tmp_path, GOOD + '[map]\ndeviations = "sparse"\n'))
+    spec = read_spec(write(tmp_path, GOOD + '[map]\ndeviations = "laplace"\nsigma_beta = 0.1\n'))
+    assert spec.map.deviations == "laplace"
+    assert spec.map_hyperparameters() == {"sigma_beta": 0.1}

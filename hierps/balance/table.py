@@ -31,6 +31,7 @@ from hierps.balance.statistics import (
     variance_ratios,
 )
 from hierps.balance.terms import expanded_design
+from hierps.calibrated.deviations import imposed_criterion
 from hierps.design.build import Design
 from hierps.effects.estimands import kish_ess
 from hierps.exceptions import ArgumentError, ArgumentTypeError
@@ -80,6 +81,10 @@ class BalanceTable:
         Where the per-draw intervals come from, or why there are none.
     ci_prob
         Probability of the per-draw intervals (``None`` without them).
+    deviations
+        For a MAP fit with ``deviations="laplace"`` or ``"low_rank"``: the within-group
+        criterion the prior imposed and its bound ``1/sigma_beta``, per weighted arm (see
+        :func:`hierps.calibrated.deviations.imposed_criterion`); ``None`` otherwise.
     """
 
     global_: pd.DataFrame
@@ -90,6 +95,7 @@ class BalanceTable:
     weights: str
     per_draw: str
     ci_prob: float | None = None
+    deviations: pd.DataFrame | None = None
 
     @property
     def has_intervals(self) -> bool:
@@ -146,6 +152,9 @@ def balance_table(
       summary.
     - **ESS**: Kish's ``(Σw)²/Σw²`` of the control weights, with the weight sum (compare it
       with ``n_treated``) and the share of the largest control weight.
+    - **Imposed criterion** (``deviations``): for a MAP fit with Laplace or low-rank slope
+      deviations, the largest within-group imbalance or the spectral norm of the matrix of
+      within-group imbalances next to its bound ``1/sigma_beta`` (docs/math.md §19).
 
     Parameters
     ----------
@@ -290,6 +299,7 @@ def balance_table(
         weights=label,
         per_draw=per_draw,
         ci_prob=prob,
+        deviations=imposed_criterion(result),
     )
 
 

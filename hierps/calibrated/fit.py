@@ -25,6 +25,7 @@ import pandas as pd
 
 from hierps.arguments import check_integer, check_number
 from hierps.calibrated.arms import ESTIMANDS, Arm, arms_of
+from hierps.calibrated.deviations import DEVIATIONS, deviation_solver
 from hierps.calibrated.hierarchy import hierarchical_problem, relative_to_largest
 from hierps.calibrated.newton import NewtonTrace, newton_solve
 from hierps.calibrated.problem import CalibratedProblem
@@ -65,6 +66,7 @@ def fit_map(
     tol: float = 1e-8,
     max_iterations: int = 100,
     init: MapResult | None = None,
+    deviations: str = "normal",
 ) -> MapResult:
     """Fit the calibrated-loss mode of the hierarchical model: balancing weights.
 
@@ -87,6 +89,11 @@ def fit_map(
         Newton iterations before giving up with :class:`~hierps.exceptions.ConvergenceError`.
     init
         A previous result of the same estimand to start from (warm start along a path).
+    deviations
+        The prior of the group slope deviations: ``"normal"`` (Gaussian, scale
+        ``sigma_beta``), ``"laplace"`` (Laplace, scale ``sigma_beta``: a box on each group's
+        imbalance) or ``"low_rank"`` (nuclear norm over ``sigma_beta``: a spectral-norm ball on
+        the matrix of group imbalances); see :mod:`hierps.calibrated.deviations`.
 
     Returns
     -------
@@ -114,6 +121,7 @@ def fit_map(
     design for as long as the design lives, so that refits with other prior scales skip it.
     """
     check_choice("estimand", estimand, ESTIMANDS)
+    check_choice("deviations", deviations, DEVIATIONS)
     tol = check_number("tol", tol)
     max_iterations = check_integer("max_iterations", max_iterations)
     if init is not None and not isinstance(init, MapResult):
@@ -124,6 +132,11 @@ def fit_map(
             f"warm starts need a fit of the same design"
         )
     given = given_scales(sigma_alpha, sigma_beta, sigma_mu_beta, sigma_gamma, sigma_intercept)
+    if deviations != "normal" and any(isinstance(value, str) for value in given.values()):
+        raise ArgumentError(
+            f"deviations={deviations!r} needs numeric scales: 'auto' estimates them under "
+            f"normal deviations only"
+        )
     selection = None
     auto = [name for name, value in given.items() if isinstance(value, str) and value == "auto"]
     if auto:
@@ -138,6 +151,9 @@ def fit_map(
         selection = estimate_scales(design, auto, **fixed)
         given = {**fixed, **selection.scales}
     hyperparameters = MapHyperparameters.from_user(int(design.varying.sum()), **given)
+    solve = newton_solve
+    if deviations != "normal":
+        solve = deviation_solver(design, hyperparameters, deviations)
     solved = []
     for index, arm in enumerate(arms_of(estimand)):
         problem = hierarchical_problem(design, hyperparameters, arm)
@@ -155,7 +171,7 @@ def fit_map(
             start = (previous.theta_global, previous.theta_local)
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                trace = newton_solve(problem, *start, tol=tol, max_iterations=max_iterations)
+                trace = solve(problem, *start, tol=tol, max_iterations=max_iterations)
         except np.linalg.LinAlgError as error:
             raise ConvergenceError(
                 f"the MAP Newton system became singular ({error}) with prior scales "
@@ -210,6 +226,9 @@ class MapResult:
     selection
         How ``"auto"`` scales were chosen (an
         :class:`~hierps.calibrated.empirical_bayes.ScaleSelection`), else ``None``.
+    deviations, kkt
+        The prior of the slope deviations and, unless ``"normal"``, the optimality residuals
+        of each weighted arm's non-smooth problem, by arm name (docs/math.md §19).
     """
 
     def __init__(
@@ -233,6 +252,8 @@ class MapResult:
         self._arms = [arm for arm, _, _ in solved]
         self._theta_global = traces[0].theta_global
         self._theta_local = traces[0].theta_local
+        self.deviations = getattr(traces[0], "deviations", "normal")
+        self.kkt = {arm.name: getattr(t, "kkt", {}) for arm, _, t in solved}
         base = design.unit_weights
         weights = base.copy()
         # Within-group weights relative to the group's largest, per weighted arm: exp(η) may

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from hierps.balance.statistics import INTERCEPT
+from hierps.calibrated.deviations import CRITERIA, imposed_criterion
 from hierps.calibrated.fit import MapResult
 from hierps.exceptions import ArgumentError, ArgumentTypeError, HierpsWarning
 from hierps.model import Model
@@ -28,6 +29,7 @@ def pooling_path(
     sigma_intercept: float | None = None,
     auto: bool = False,
     estimand: str = "att",
+    deviations: str = "normal",
 ) -> pd.DataFrame:
     """Refit the MAP weights along a grid of ``sigma_beta``, warm-starting each fit.
 
@@ -49,6 +51,9 @@ def pooling_path(
         records the chosen scales and how they were found.
     estimand
         The estimand of the fits (``"att"``, ``"atc"`` or ``"ate"``).
+    deviations
+        The prior of the slope deviations (``"normal"``, ``"laplace"`` or ``"low_rank"``;
+        see :func:`hierps.calibrated.fit.fit_map`).
 
     Returns
     -------
@@ -57,7 +62,11 @@ def pooling_path(
         weighting), ``within_mean_smd`` and ``within_max_smd`` (mean and largest |SMD| over
         groups × covariates), ``ess`` (Kish ESS of all control weights), ``min_group_ess``,
         ``att`` (``atc``, ``ate``: the overall effect, when the model has an outcome),
-        ``iterations`` and, with ``auto=True``, ``auto``.
+        ``iterations`` and, with ``auto=True``, ``auto``. With Laplace or low-rank
+        deviations also ``imposed_value`` and ``imposed_bound``: the within-group criterion
+        the prior imposed (largest |imbalance|, or the spectral norm of the imbalance matrix,
+        on the standardized scale) and its bound ``1/sigma_beta`` (the first weighted arm's;
+        ``attrs["criterion"]`` names it).
     """
     if isinstance(sigma_beta, str | bytes) or not all(
         isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
@@ -102,7 +111,13 @@ def pooling_path(
         with warnings.catch_warnings():
             # Extreme-weight warnings are expected towards no pooling; the ESS columns show it.
             warnings.simplefilter("ignore", HierpsWarning)
-            fit = model.fit_map(sigma_beta=float(value), init=previous, estimand=estimand, **fixed)
+            fit = model.fit_map(
+                sigma_beta=float(value),
+                init=previous,
+                estimand=estimand,
+                deviations=deviations,
+                **fixed,
+            )
         previous = fit
         balance = fit.balance()
         covariates = balance[balance["covariate"] != INTERCEPT]
@@ -117,6 +132,10 @@ def pooling_path(
             "min_group_ess": fit.group_ess.min(),
             "iterations": fit.iterations,
         }
+        imposed = imposed_criterion(fit)
+        if imposed is not None:
+            row["imposed_value"] = float(imposed["value"].iloc[0])
+            row["imposed_bound"] = float(imposed["bound"].iloc[0])
         if model.design.outcome is not None:
             row[estimand] = fit.overall_effect
         if selection is not None and "sigma_beta" in selection.scales:
@@ -124,6 +143,9 @@ def pooling_path(
         rows.append(row)
     table = pd.DataFrame(rows).set_index("sigma_beta")
     table.attrs["fixed"] = {k: v for k, v in fixed.items() if v is not None}
+    table.attrs["deviations"] = deviations
+    if deviations != "normal":
+        table.attrs["criterion"] = CRITERIA[deviations]
     if selection is not None:
         table.attrs["auto"] = selection.as_dict()
     return table

@@ -136,7 +136,10 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
     start = time.perf_counter()
     estimand = spec.output.estimand
     map_fit = model.fit_map(
-        **spec.map_hyperparameters(), max_iterations=spec.map.max_iterations, estimand=estimand
+        **spec.map_hyperparameters(),
+        max_iterations=spec.map.max_iterations,
+        estimand=estimand,
+        deviations=spec.map.deviations,
     )
     timings["map"] = time.perf_counter() - start
 
@@ -153,6 +156,7 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
             sigma_beta=spec.map.pooling_path,
             auto=spec.map.sigma_beta == "auto",
             estimand=estimand,
+            deviations=spec.map.deviations,
             **fixed,
         )
         timings["pooling_path"] = time.perf_counter() - start

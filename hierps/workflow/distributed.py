@@ -34,7 +34,11 @@ def run_distributed(
             report("fitting MAP balancing weights on the cluster")
             start = time.perf_counter()
             options = spec.map_hyperparameters()
-            fit = model.fit_map(**options, max_iterations=spec.map.max_iterations)
+            fit = model.fit_map(
+                **options,
+                max_iterations=spec.map.max_iterations,
+                deviations=spec.map.deviations,
+            )
             timings["map"] = time.perf_counter() - start
             result = AnalysisResult(spec=spec, model=model, map_fit=fit, timings=timings)
         result.warnings = messages

@@ -136,6 +136,8 @@ class MapSpec(_Strict):
     sigma_intercept: PositiveFloat | None = None
     pooling_path: list[PositiveFloat] | None = None
     max_iterations: int = Field(100, ge=1)
+    #: The prior of the group slope deviations (docs/math.md §19).
+    deviations: Literal["normal", "laplace", "low_rank"] = "normal"
 
 
 class PosteriorSpec(_Strict):
@@ -215,7 +217,7 @@ class ModelSpec(_Strict):
         return self
 
     def map_hyperparameters(self) -> dict[str, float | list[float]]:
-        values = self.map.model_dump(exclude={"pooling_path", "max_iterations"})
+        values = self.map.model_dump(exclude={"pooling_path", "max_iterations", "deviations"})
         return {key: value for key, value in values.items() if value is not None}
 
 

@@ -255,6 +255,8 @@ def map_dataset(fit: MapResult) -> xr.Dataset:
         "weights_column": design.roles.weights or "",
         "n_excluded": fit.n_excluded,
     }
+    if fit.deviations != "normal":  # refits (load) need the prior of the slope deviations
+        dataset.attrs["deviations"] = fit.deviations
     if fit.selection is not None:
         dataset.attrs["scale_selection"] = fit.selection.method
         dataset.attrs["log_marginal_likelihood"] = fit.selection.log_marginal_likelihood
@@ -286,7 +288,12 @@ def _map_from_tree(tree: xr.DataTree) -> MapResult:
         # The fit warned when it was made; loading it says nothing new.
         warnings.simplefilter("ignore")
         try:
-            fit = fit_map(design, estimand=str(attrs.get("estimand", "att")), **scales)
+            fit = fit_map(
+                design,
+                estimand=str(attrs.get("estimand", "att")),
+                deviations=str(attrs.get("deviations", "normal")),
+                **scales,
+            )
         except (HierpsError, ValueError, TypeError) as error:
             raise ResultFileError(
                 f"the saved design and scales cannot be solved again ({error}): the file is "
