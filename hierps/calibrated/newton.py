@@ -16,6 +16,7 @@ optimum, steps reuse the last factorization while they keep contracting the grad
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -239,6 +240,23 @@ def _newton_direction(problem, factorization, gradient_global, gradient_local):
     return step_global, -(solved_gradient + (f.solved_coupling @ pushed)[:, :, 0])
 
 
+def starting_point(
+    problem: CalibratedProblem, theta_global: np.ndarray | None, theta_local: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the given coefficients (local ones in the problem's group order), or the
+    default start: weights summing to the treated count, a0 = log(n1 / n0) (both counts carry
+    the base weights, if any), everything else 0."""
+    if theta_global is None:
+        theta_global = np.zeros(problem.n_global)
+        n_treated = problem.treated_moments[:, 0].sum()
+        n_controls = problem.layout.gram[:, 0, 0].sum()
+        theta_global[0] = np.log(n_treated / n_controls) if n_controls > 0 else 0.0
+    if theta_local is None:
+        theta_local = np.zeros((problem.n_groups, problem.n_local))
+    theta_local = np.array(theta_local, dtype=float)[problem.group_order]
+    return np.array(theta_global, dtype=float), theta_local
+
+
 def newton_solve(
     problem: CalibratedProblem,
     theta_global: np.ndarray | None = None,
@@ -265,17 +283,7 @@ def newton_solve(
     -------
     NewtonTrace
     """
-    if theta_global is None:
-        theta_global = np.zeros(problem.n_global)
-        # Start with the weights summing to the treated count: a0 = log(n1 / n0) (both
-        # counts carry the base weights, if any).
-        n_treated = problem.treated_moments[:, 0].sum()
-        n_controls = problem.layout.gram[:, 0, 0].sum()
-        theta_global[0] = np.log(n_treated / n_controls) if n_controls > 0 else 0.0
-    if theta_local is None:
-        theta_local = np.zeros((problem.n_groups, problem.n_local))
-    theta_global = np.array(theta_global, dtype=float)
-    theta_local = np.asarray(theta_local, dtype=float)[problem.group_order]
+    theta_global, theta_local = starting_point(problem, theta_global, theta_local)
     with _BLAS.limit(limits=1, user_api="blas"):
         trace = _newton_iterations(problem, theta_global, theta_local, tol, max_iterations)
     in_input_order = np.empty_like(trace.theta_local)
@@ -405,3 +413,48 @@ def _line_search(problem, step, w, eta, step_eta, objective, slope):
         with np.errstate(over="ignore"):
             trial_w = np.exp(eta + t * step_eta)
     return 0.0, w, objective
+
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def pair_dot(a: Pair, b: Pair) -> float:
+    """The inner product of two (global, local) coefficient pairs."""
+    return float(a[0] @ b[0] + np.sum(a[1] * b[1]))
+
+
+def pair_conjugate_gradients(
+    apply: Callable[[Pair], Pair],
+    precondition: Callable[[Pair], Pair],
+    x: Pair,
+    residual: Pair,
+    target: float,
+    max_iterations: int,
+    deflate: Callable[[Pair], Pair] | None = None,
+) -> tuple[Pair, int]:
+    """Preconditioned conjugate gradients on (global, local) pairs from ``x`` with its
+    ``residual``, until the residual norm is at most ``target`` or the curvature fails.
+
+    ``deflate`` projects the search directions (a deflated method: the caller has solved the
+    system exactly on a subspace). Returns the solution and the iterations taken.
+    """
+    z = precondition(residual)
+    p = z if deflate is None else deflate(z)
+    rz = pair_dot(residual, z)
+    iterations = 0
+    for _ in range(max_iterations):
+        if np.sqrt(pair_dot(residual, residual)) <= target:
+            break
+        iterations += 1
+        hp = apply(p)
+        curvature = pair_dot(p, hp)
+        if not curvature > 0:
+            break
+        alpha = rz / curvature
+        x = (x[0] + alpha * p[0], x[1] + alpha * p[1])
+        residual = (residual[0] - alpha * hp[0], residual[1] - alpha * hp[1])
+        z = precondition(residual)
+        rz, previous = pair_dot(residual, z), rz
+        direction = z if deflate is None else deflate(z)
+        p = (direction[0] + rz / previous * p[0], direction[1] + rz / previous * p[1])
+    return x, iterations

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hierps.calibrated.deviations import InBasis
-from hierps.calibrated.newton import _gradient, _newton_direction
+from hierps.calibrated.newton import (
+    _gradient,
+    _newton_direction,
+    pair_conjugate_gradients,
+    pair_dot,
+)
 
 if TYPE_CHECKING:
     from hierps.calibrated.proximal import _Solver, _State
@@ -183,9 +188,6 @@ def _tangent_direction(solver: _Solver, state: _State, model, gradient, ur, vr):
         step = _newton_direction(problem, factorization, -residual[0], -residual[1])
         return step[0], _project(free, step[1])
 
-    def dot(a, b) -> float:
-        return float(a[0] @ b[0] + np.sum(a[1] * b[1]))
-
     right = np.linalg.qr(vr, mode="complete")[0][:, vr.shape[1] :]
     n_rotations = ur.shape[1] * right.shape[1]
     basis = np.zeros((n_rotations, *state.theta_local.shape))
@@ -209,23 +211,15 @@ def _tangent_direction(solver: _Solver, state: _State, model, gradient, ur, vr):
         x = (x[0], np.tensordot(c, basis, axes=1))
     product = apply(x)
     residual = (b[0] - product[0], b[1] - product[1])
-    target = TANGENT_FORCING * np.sqrt(dot(b, b))
-    z = precondition(residual)
-    p = deflate(z)
-    rz = dot(residual, z)
-    for _ in range(TANGENT_CG_ITERATIONS):
-        if np.sqrt(dot(residual, residual)) <= max(target, 1e-3 * solver.tol):
-            break
-        solver.cg_iterations += 1
-        hp = apply(p)
-        curvature = dot(p, hp)
-        if not curvature > 0:
-            break
-        alpha = rz / curvature
-        x = (x[0] + alpha * p[0], x[1] + alpha * p[1])
-        residual = (residual[0] - alpha * hp[0], residual[1] - alpha * hp[1])
-        z = precondition(residual)
-        rz, previous = dot(residual, z), rz
-        deflated = deflate(z)
-        p = (deflated[0] + rz / previous * p[0], deflated[1] + rz / previous * p[1])
+    target = TANGENT_FORCING * np.sqrt(pair_dot(b, b))
+    x, iterations = pair_conjugate_gradients(
+        apply,
+        precondition,
+        x,
+        residual,
+        max(target, 1e-3 * solver.tol),
+        TANGENT_CG_ITERATIONS,
+        deflate,
+    )
+    solver.cg_iterations += iterations
     return x

@@ -44,6 +44,9 @@ from hierps.calibrated.newton import (
     accumulate_moments,
     group_coefficients,
     linear_predictor,
+    pair_conjugate_gradients,
+    pair_dot,
+    starting_point,
 )
 from hierps.calibrated.nuclear import _project, nuclear_finish
 from hierps.calibrated.problem import CalibratedProblem
@@ -146,17 +149,10 @@ def proximal_solve(
     problem = dataclasses.replace(problem, prior_local=prior_local)
     labels = list(range(problem.n_groups)) if labels is None else list(labels)
     refuse_empty_groups(problem, penalty, labels)
-    if theta_global is None:
-        theta_global = np.zeros(problem.n_global)
-        n_treated = problem.treated_moments[:, 0].sum()
-        n_controls = problem.layout.gram[:, 0, 0].sum()
-        theta_global[0] = np.log(n_treated / n_controls) if n_controls > 0 else 0.0
-    if theta_local is None:
-        theta_local = np.zeros((problem.n_groups, problem.n_local))
-    theta_local = np.asarray(theta_local, dtype=float)[problem.group_order]
+    theta_global, theta_local = starting_point(problem, theta_global, theta_local)
     with _BLAS.limit(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
         solver = _Solver(problem, penalty, tol, max_iterations)
-        state = solver.state(np.array(theta_global, dtype=float), theta_local.copy(), 0.0)
+        state = solver.state(theta_global, theta_local, 0.0)
         final = solver.run(state)
     if final is None:
         raise_without_mode(problem, penalty, labels, solver.failure)
@@ -344,36 +340,24 @@ class _Solver:
         """Solve the exact Newton system by conjugate gradients, preconditioned by the block
         solve (exact within each group, missing the penalty's coupling between groups)."""
 
-        def dot(a, b) -> float:
-            return float(a[0] @ b[0] + np.sum(a[1] * b[1]))
-
         def precondition(residual):
             return _newton_direction(self.problem, factorization, -residual[0], -residual[1])
 
-        x = start
-        product = self._hessian_product(state, model, x, free)
+        product = self._hessian_product(state, model, start, free)
         residual = (-gradient[0] - product[0], -gradient[1] - product[1])
-        size = np.sqrt(dot(gradient, gradient))
+        size = np.sqrt(pair_dot(gradient, gradient))
         # Inexact Newton: a relative residual that shrinks with the gradient keeps the
         # convergence superlinear without solving far steps exactly.
         target = min(0.1, np.sqrt(size)) * size
-        z = precondition(residual)
-        p = z
-        rz = dot(residual, z)
-        for _ in range(CG_ITERATIONS):
-            if np.sqrt(dot(residual, residual)) <= max(target, 1e-3 * self.tol):
-                break
-            self.cg_iterations += 1
-            hp = self._hessian_product(state, model, p, free)
-            curvature = dot(p, hp)
-            if not curvature > 0:
-                break
-            alpha = rz / curvature
-            x = (x[0] + alpha * p[0], x[1] + alpha * p[1])
-            residual = (residual[0] - alpha * hp[0], residual[1] - alpha * hp[1])
-            z = precondition(residual)
-            rz, previous = dot(residual, z), rz
-            p = (z[0] + rz / previous * p[0], z[1] + rz / previous * p[1])
+        x, iterations = pair_conjugate_gradients(
+            lambda p: self._hessian_product(state, model, p, free),
+            precondition,
+            start,
+            residual,
+            max(target, 1e-3 * self.tol),
+            CG_ITERATIONS,
+        )
+        self.cg_iterations += iterations
         return x
 
     def line_search(self, state, step, gradient, epsilon, signs) -> _State | None:
