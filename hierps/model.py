@@ -165,12 +165,18 @@ class Model:
                 f"weights only (fit_map), see docs/scale.md"
             )
 
-    def build_pymc(self, loss: str = "bernoulli", **fixed: float) -> pm.Model:
+    def build_pymc(
+        self,
+        loss: str = "bernoulli",
+        deviations: str = "normal",
+        rank: int | None = None,
+        **fixed: float,
+    ) -> pm.Model:
         """Build the PyMC model; see :func:`hierps.pymc_model.build_pymc`."""
         self._in_memory("build_pymc")
         from hierps.pymc_model import build_pymc
 
-        return build_pymc(self.design, loss=loss, **fixed)
+        return build_pymc(self.design, loss=loss, deviations=deviations, rank=rank, **fixed)
 
     def fit_map(self, **options: object) -> MapResult:
         """Fit the calibrated-loss mode: balancing weights.
@@ -233,7 +239,8 @@ class Model:
         (``draws``, ``tune``, ``chains``, ``random_seed``, ``sampler``, ``loss``,
         ``uncertainty``, ``estimand``, ``target_accept``, ``store_weights``, ``progressbar``
         (default: a progress bar when stderr is a terminal), ``coding``, ``checks``,
-        ``prior_draws``,
+        ``prior_draws``, ``deviations`` and ``rank`` (the prior of the group slope
+        deviations: ``"normal"``, ``"laplace"`` or ``"low_rank"`` with ``rank`` factors),
         and hyperparameters fixed at numbers: ``sigma_alpha``, ``sigma_beta``,
         ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``); an unknown one raises
         ``TypeError``.

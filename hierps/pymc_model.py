@@ -28,6 +28,7 @@ from hierps.pymc_coding import (
     identified_deviations,
     identified_normal,
 )
+from hierps.pymc_deviations import check_deviations, structured_deviations
 
 __all__ = ["LOSSES", "Patterns", "build_pymc", "compress", "coords_of", "pattern_data"]
 
@@ -168,6 +169,8 @@ def build_pymc(
     loss: str = "bernoulli",
     coding: str | None = None,
     patterns: Patterns | None = None,
+    deviations: str = "normal",
+    rank: int | None = None,
     **fixed: float,
 ) -> pm.Model:
     """Build the hierarchical logistic propensity model in PyMC.
@@ -216,6 +219,15 @@ def build_pymc(
         of every level on the logit scale. ``"full"`` (default with the calibrated loss):
         independent coefficients and scales for all levels, the parameterization the MAP
         solver works in. Designs without categorical covariates are the same either way.
+    deviations
+        The prior of the group slope deviations ``beta_j − mu_beta``: ``"normal"`` (above),
+        ``"laplace"`` (sparse: Laplace with scale ``sigma_beta``) or ``"low_rank"`` (a
+        ``rank``-factor model; with the calibrated loss the nuclear-norm penalty of the MAP);
+        see :mod:`hierps.pymc_deviations`. Not with categorical varying slopes in the
+        identified coding.
+    rank
+        The number of factors ``K`` of ``deviations="low_rank"`` (1 to the number of varying
+        slopes).
     **fixed
         Hyperparameters to fix at a number: ``sigma_alpha``, ``sigma_beta`` (one number or
         one per varying slope), ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``.
@@ -237,6 +249,12 @@ def build_pymc(
     identified = coding == "identified" and hasattr(design, "unit_matrix")
     blocks = coding_of(design) if identified else None
     varying_index = np.flatnonzero(design.varying)
+    rank = check_deviations(deviations, rank, len(varying_index))
+    if deviations != "normal" and blocks is not None and blocks.varying:
+        raise ArgumentError(
+            f"deviations={deviations!r} with categorical varying slopes needs coding='full' "
+            f"(the identified coding is built for normal deviations)"
+        )
     values = check_fixed(fixed, len(varying_index))
     scales = {**FIXED_SCALE_DEFAULTS, **values}
     patterns = compress(design) if patterns is None else patterns
@@ -277,7 +295,11 @@ def build_pymc(
                 "pattern_design", patterns.design, dims=("pattern", "unit_covariate")
             )
             mu_beta = _coefficients(model, "mu_beta", scales["sigma_mu_beta"], blocks, "unit")
-            if len(varying_index) > 0:
+            if len(varying_index) > 0 and deviations != "normal":
+                scaled = structured_deviations(
+                    model, deviations, loss, values, len(varying_index), rank
+                )
+            elif len(varying_index) > 0:
                 if blocks is not None and blocks.varying and "sigma_beta" not in values:
                     # One scale per covariate; a categorical's is the SD of the level deviations
                     # on the logit scale (see hierps.pymc_coding.Coding).

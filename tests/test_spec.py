@@ -97,3 +97,13 @@ def test_map_deviations_are_validated_and_kept_out_of_the_scales(tmp_path):
     spec = read_spec(write(tmp_path, GOOD + '[map]\ndeviations = "laplace"\nsigma_beta = 0.1\n'))
     assert spec.map.deviations == "laplace"
     assert spec.map_hyperparameters() == {"sigma_beta": 0.1}
+
+
+def test_posterior_deviations_and_rank_are_read_and_validated(tmp_path):
+    spec = read_spec(write(tmp_path, GOOD + '[posterior]\ndeviations = "low_rank"\nrank = 2\n'))
+    assert (spec.posterior.deviations, spec.posterior.rank) == ("low_rank", 2)
+    assert (read_spec(write(tmp_path, GOOD)).posterior.deviations) == "normal"
+    with pytest.raises(SpecError, match=r"posterior\.rank"):
+        read_spec(write(tmp_path, GOOD + "[posterior]\nrank = 0\n"))
+    with pytest.raises(SpecError, match=r"posterior\.deviations"):
+        read_spec(write(tmp_path, GOOD + '[posterior]\ndeviations = "sparse"\n'))

@@ -127,6 +127,8 @@ def sample_prior_predictive(
     random_seed: int | np.random.Generator | None = None,
     loss: str = "bernoulli",
     coding: str = "identified",
+    deviations: str = "normal",
+    rank: int | None = None,
     **fixed: float,
 ) -> xr.DataTree:
     """Draw from the prior of the propensity model and the treated counts it implies.
@@ -142,8 +144,9 @@ def sample_prior_predictive(
     loss
         Only ``"bernoulli"`` has a predictive distribution; the calibrated loss is not a
         likelihood of the treatment.
-    coding
-        Parameterization of categorical covariates, as in :func:`hierps.pymc_model.build_pymc`.
+    coding, deviations, rank
+        Parameterization of categorical covariates and the prior of the group slope
+        deviations, as in :func:`hierps.pymc_model.build_pymc`.
     **fixed
         Hyperparameters fixed at a number, as in :func:`hierps.pymc_model.build_pymc`.
 
@@ -164,7 +167,9 @@ def sample_prior_predictive(
         )
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 1:
         raise ValueError(f"draws must be a positive integer, not {draws!r}")
-    pymc_model = build_pymc(design, loss="bernoulli", coding=coding, **fixed)
+    pymc_model = build_pymc(
+        design, loss="bernoulli", coding=coding, deviations=deviations, rank=rank, **fixed
+    )
     with pymc_model:
         # The forward graph is small and runs once per draw: the Python linker compiles in a
         # fraction of the time of the C or numba ones and runs 500 draws in well under 1 s.

@@ -46,6 +46,8 @@ def sample(
     coding: str = "identified",
     checks: bool = True,
     prior_draws: int = 500,
+    deviations: str = "normal",
+    rank: int | None = None,
     **fixed: float,
 ) -> PosteriorResult:
     """Sample the propensity model with NUTS and compute the effects draw by draw.
@@ -114,6 +116,10 @@ def sample(
     prior_draws
         Number of draws of the prior and the prior predictive (groups ``prior`` and
         ``prior_predictive``; Bernoulli loss only); 0 leaves them out.
+    deviations, rank
+        The prior of the group slope deviations: ``"normal"`` (default), ``"laplace"``
+        (sparse) or ``"low_rank"`` with ``rank`` factors; see
+        :func:`hierps.pymc_model.build_pymc` and ``docs/posterior.md``.
     **fixed
         Hyperparameters fixed at a number (``sigma_alpha``, ``sigma_beta``,
         ``sigma_intercept``, ``sigma_gamma``, ``sigma_mu_beta``); see
@@ -162,7 +168,8 @@ def sample(
     import pymc as pm
 
     # Build (and so validate the hyperparameters) before anything slow happens.
-    pymc_model = build_pymc(design, loss=loss, coding=coding, **fixed)
+    structure = {"deviations": deviations, "rank": rank}
+    pymc_model = build_pymc(design, loss=loss, coding=coding, **structure, **fixed)
 
     # The bootstrap draws from the seed sequence itself and the sampler from a child of it,
     # so from_idata(design, result.idata, random_seed=<the same seed>) repeats the bootstrap.
@@ -194,6 +201,8 @@ def sample(
             "hierps_sampler": sampler,
             "hierps_fixed": json.dumps({k: np.asarray(v).tolist() for k, v in fixed.items()}),
             "hierps_target_accept": float(target_accept),
+            "hierps_deviations": deviations,
+            "hierps_rank": -1 if rank is None else int(rank),
         }
     )
     result = from_idata(
@@ -216,6 +225,7 @@ def sample(
             draws=prior_draws,
             random_seed=np.random.default_rng(prior_seeds),
             coding=coding,
+            **structure,
             **fixed,
         )
         for name in ("prior", "prior_predictive"):

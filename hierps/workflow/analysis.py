@@ -184,6 +184,8 @@ def _run(spec: ModelSpec, sample: bool | None, report) -> AnalysisResult:
             sampler=settings.sampler,
             uncertainty=settings.uncertainty,
             estimand=estimand,
+            deviations=settings.deviations,
+            rank=settings.rank,
             **fixed,
         )
         timings["posterior"] = time.perf_counter() - start

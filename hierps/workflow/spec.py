@@ -152,6 +152,10 @@ class PosteriorSpec(_Strict):
     uncertainty: Literal["propensity", "bayesian_bootstrap"] = "bayesian_bootstrap"
     sigma_alpha: PositiveFloat | None = None
     sigma_beta: PositiveFloat | None = None
+    #: The prior of the group slope deviations (docs/posterior.md), and the factors of
+    #: "low_rank".
+    deviations: Literal["normal", "laplace", "low_rank"] = "normal"
+    rank: int | None = Field(None, ge=1)
 
 
 class PoolingSpec(_Strict):
