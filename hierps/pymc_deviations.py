@@ -17,7 +17,9 @@ MAP):
     Bernoulli likelihood: a ``K``-factor model ``delta_j = L f_j``, ``f_j ~ N(0, I_K)``, with
     ``L`` (varying covariates × ``K``) lower triangular with a positive diagonal — the usual
     identification of a factor model (it fixes rotation and sign): free entries
-    ``N(0, sigma_beta²)``, diagonal half-normal with scale ``sigma_beta``. Calibrated loss:
+    ``N(0, s²)``, diagonal half-normal with scale ``s``; ``s = sigma_beta`` when it is fixed,
+    otherwise 1, the scale of the normal deviations' hyperprior (the loadings are the scale
+    of the deviations, ``Σ = L L'``; no second scale on top). Calibrated loss:
     the deviation matrix ``Δ`` itself with the nuclear-norm penalty ``‖Δ‖_* / b`` (a
     ``pm.Potential`` on a flat ``Δ``), the log density of ``fit_map(deviations="low_rank")``.
     The factor model is a posterior-mode structure; its mode is not the nuclear-norm MAP.
@@ -91,12 +93,16 @@ def structured_deviations(
         raise ArgumentError(
             "deviations='low_rank' takes one sigma_beta (a number), not one per slope"
         )
-    scale = _scale(values, None)
     if loss == "calibrated":
+        scale = _scale(values, None)
         deviation = pm.Flat("beta_deviation", dims=_DIMS)
         singular_values = pt.linalg.svd(deviation, compute_uv=False)
         pm.Potential("nuclear_penalty", -singular_values.sum() / scale)
         return deviation
+    # The loadings carry the scale of the deviations themselves (Σ = L L'): a hyperprior on
+    # sigma_beta on top of them would be a second, redundant scale (a funnel). Without a
+    # fixed sigma_beta their priors have the scale of that hyperprior.
+    scale = values.get("sigma_beta", HYPERPRIOR_SCALES["sigma_beta"])
     rank = 1 if rank is None else rank  # check_deviations requires it for "low_rank"
     model.add_coord("factor", np.arange(rank))
     rows, columns = np.tril_indices(n_varying, k=-1, m=rank)

@@ -281,3 +281,22 @@ def test_saved_fit_loads_with_its_deviations(tmp_path):
     loaded = hierps.load(fit.save(tmp_path / "fit.nc"))
     assert loaded.deviations == "laplace"
     np.testing.assert_allclose(loaded.weights, fit.weights, rtol=1e-6)
+
+
+def test_low_rank_fit_that_ends_at_full_rank():
+    """Learning mindsets at b = 0.02: every direction of the three varying slopes is used, so
+    the rank-adjusting finish has no rotations left to deflate (a degenerate case)."""
+    data = hierps.datasets.load_learning_mindsets()
+    model = hierps.Model(
+        data,
+        treatment="Z",
+        group="schoolid",
+        unit_covariates=["S3", "C2", "C3"],
+        group_covariates=["X1", "X2"],
+    )
+    fit = fit_quietly(model, sigma_beta=0.02, deviations="low_rank")
+    assert fit.converged
+    kkt = fit.kkt["control"]
+    assert kkt["active"] == 3
+    assert kkt["criterion"] == pytest.approx(1.0, abs=1e-6)
+    assert max(kkt["smooth_gradient"], kkt["stationarity"], kkt["dual_feasibility"]) <= 1e-6

@@ -191,9 +191,11 @@ def _tangent_direction(solver: _Solver, state: _State, model, gradient, ur, vr):
     right = np.linalg.qr(vr, mode="complete")[0][:, vr.shape[1] :]
     n_rotations = ur.shape[1] * right.shape[1]
     basis = np.zeros((n_rotations, *state.theta_local.shape))
-    basis[:, :, 1:] = np.einsum("jk,dm->kmjd", ur, right).reshape(n_rotations, *ur.shape[:1], -1)
+    # Explicit shapes: at full rank there are no rotations, and -1 cannot be inferred from 0.
+    rotations = np.einsum("jk,dm->kmjd", ur, right)
+    basis[:, :, 1:] = rotations.reshape(n_rotations, ur.shape[0], right.shape[0])
     images = [apply((np.zeros(problem.n_global), y)) for y in basis]
-    image_global = np.array([image[0] for image in images]).reshape(n_rotations, -1)
+    image_global = np.array([image[0] for image in images]).reshape(n_rotations, problem.n_global)
     image_local = np.array([image[1] for image in images]).reshape(basis.shape)
     coarse = np.einsum("njk,mjk->nm", basis, image_local)  # Y' A Y (Y has no global part)
 
