@@ -163,3 +163,49 @@ def hand_built_posterior(fit, store_weights: bool = False, estimand: str = "att"
             random_seed=1,
             store_weights=store_weights,
         )
+
+
+def cvxpy_primal(model, fit, deviations: str = "normal"):
+    """The primal of the MAP (docs/math.md §7, §19) solved by cvxpy with an exponential-cone
+    solver: entropy of the control weights, the quadratic penalties of the Gaussian priors,
+    and for the slope deviations a quadratic penalty (normal), a box (laplace) or a
+    spectral-norm ball (low_rank) on the within-group imbalances. Returns the control rows,
+    their weights and the optimal value."""
+    import pytest
+
+    cp = pytest.importorskip("cvxpy")
+    d = model.design
+    h = fit.hyperparameters
+    treated = d.treatment == 1
+    controls = np.flatnonzero(~treated)
+    x, v, codes = d.unit_matrix, d.group_matrix, d.group_codes
+    n1_group = np.bincount(codes, weights=treated, minlength=d.n_groups)
+    indicator = np.zeros((len(controls), d.n_groups))
+    indicator[np.arange(len(controls)), codes[controls]] = 1.0
+    w = cp.Variable(len(controls), nonneg=True)
+    group_gap = indicator.T @ w - n1_group
+    global_imbalance = x[controls].T @ w - x[treated].sum(axis=0)
+    objective = -cp.sum(cp.entr(w)) - cp.sum(w)
+    objective += h.sigma_intercept**2 / 2 * cp.square(cp.sum(w) - treated.sum())
+    objective += h.sigma_alpha**2 / 2 * cp.sum_squares(group_gap)
+    if v.shape[1]:
+        objective += h.sigma_gamma**2 / 2 * cp.sum_squares(v.T @ group_gap)
+    objective += h.sigma_mu_beta**2 / 2 * cp.sum_squares(global_imbalance)
+    varying = np.flatnonzero(d.varying)
+    sigma_beta = h.sigma_beta_vector(len(varying))
+    rows = [
+        indicator.T @ cp.multiply(x[controls, k], w)
+        - np.bincount(codes[treated], weights=x[treated, k], minlength=d.n_groups)
+        for k in varying
+    ]
+    constraints = []
+    if deviations == "normal":
+        for scale, row in zip(sigma_beta, rows, strict=True):
+            objective += scale**2 / 2 * cp.sum_squares(row)
+    elif deviations == "laplace":
+        constraints = [cp.abs(cp.vstack(rows)) <= 1.0 / sigma_beta[0]]
+    else:
+        constraints = [cp.sigma_max(cp.vstack(rows)) <= 1.0 / sigma_beta[0]]
+    problem = cp.Problem(cp.Minimize(objective), constraints)
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    return controls, w.value, problem.value

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import fit_quietly, make_frame
+from helpers import cvxpy_primal, fit_quietly, make_frame
 
 import hierps
 from hierps.calibrated.deviations import penalty_of
@@ -53,40 +53,6 @@ def assert_smooth_identities(model, fit, rtol=1e-6):
         np.testing.assert_allclose(
             d.group_matrix.T @ gap, -c["gamma"].to_numpy() / h.sigma_gamma**2, atol=atol
         )
-
-
-def primal_weights(model, fit, deviations, b):
-    """The primal of docs/math.md §19 with cvxpy: entropy, quadratic penalties, the bound."""
-    cp = pytest.importorskip("cvxpy")
-    d = model.design
-    h = fit.hyperparameters
-    treated = d.treatment == 1
-    controls = np.flatnonzero(~treated)
-    x, v, codes = d.unit_matrix, d.group_matrix, d.group_codes
-    n1_group = np.bincount(codes, weights=treated, minlength=d.n_groups)
-    indicator = np.zeros((len(controls), d.n_groups))
-    indicator[np.arange(len(controls)), codes[controls]] = 1.0
-    w = cp.Variable(len(controls), nonneg=True)
-    group_gap = indicator.T @ w - n1_group
-    global_imbalance = x[controls].T @ w - x[treated].sum(axis=0)
-    objective = -cp.sum(cp.entr(w)) - cp.sum(w)
-    objective += h.sigma_intercept**2 / 2 * cp.square(cp.sum(w) - treated.sum())
-    objective += h.sigma_alpha**2 / 2 * cp.sum_squares(group_gap)
-    if v.shape[1]:
-        objective += h.sigma_gamma**2 / 2 * cp.sum_squares(v.T @ group_gap)
-    objective += h.sigma_mu_beta**2 / 2 * cp.sum_squares(global_imbalance)
-    columns = []
-    for k in np.flatnonzero(d.varying):
-        treated_k = np.bincount(codes[treated], weights=x[treated, k], minlength=d.n_groups)
-        columns.append(indicator.T @ cp.multiply(x[controls, k], w) - treated_k)
-    imbalance = cp.vstack(columns)  # (d, J)
-    if deviations == "laplace":
-        constraints = [cp.abs(imbalance) <= 1.0 / b]
-    else:
-        constraints = [cp.sigma_max(imbalance) <= 1.0 / b]
-    problem = cp.Problem(cp.Minimize(objective), constraints)
-    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
-    return controls, w.value, problem.value
 
 
 def assert_kkt(model, fit, deviations, b, atol=1e-6):
@@ -131,7 +97,7 @@ def test_weights_equal_primal_solution_with_active_bounds(case):
     if deviations == "laplace":
         assert n_active < fit.coefficients["beta_deviation"].size  # and somewhere not
     assert_smooth_identities(model, fit)
-    controls, primal, primal_value = primal_weights(model, fit, deviations, b)
+    controls, primal, primal_value = cvxpy_primal(model, fit, deviations)
     np.testing.assert_allclose(fit.weights.to_numpy()[controls], primal, rtol=1e-4, atol=1e-6)
     assert primal_value == pytest.approx(-fit.objective, rel=1e-6)
     kkt = fit.kkt["control"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import fit_quietly, make_frame
+from helpers import cvxpy_primal, fit_quietly, make_frame
 
 import hierps
 import hierps.calibrated.fit as map_module
@@ -109,44 +109,12 @@ def test_result_objects_are_named():
     assert list(coefficients["group"].values) == list(model.design.groups)
 
 
-def primal_weights(model, fit):
-    """Solve the primal of docs/math.md §7 with cvxpy and an exponential-cone solver."""
-    cp = pytest.importorskip("cvxpy")
-    d = model.design
-    h = fit.hyperparameters
-    treated = d.treatment == 1
-    controls = np.flatnonzero(~treated)
-    x, v, codes = d.unit_matrix, d.group_matrix, d.group_codes
-    n1_group = np.bincount(codes, weights=treated, minlength=d.n_groups)
-    indicator = np.zeros((len(controls), d.n_groups))
-    indicator[np.arange(len(controls)), codes[controls]] = 1.0
-    w = cp.Variable(len(controls), nonneg=True)
-    group_gap = indicator.T @ w - n1_group
-    global_imbalance = x[controls].T @ w - x[treated].sum(axis=0)
-    sigma_beta = h.sigma_beta_vector(int(d.varying.sum()))
-    objective = -cp.sum(cp.entr(w)) - cp.sum(w)
-    objective += h.sigma_intercept**2 / 2 * cp.square(cp.sum(w) - treated.sum())
-    objective += h.sigma_alpha**2 / 2 * cp.sum_squares(group_gap)
-    if v.shape[1]:
-        objective += h.sigma_gamma**2 / 2 * cp.sum_squares(v.T @ group_gap)
-    objective += h.sigma_mu_beta**2 / 2 * cp.sum_squares(global_imbalance)
-    for k in np.flatnonzero(d.varying):
-        school_k = indicator.T @ cp.multiply(x[controls, k], w) - np.bincount(
-            codes[treated], weights=x[treated, k], minlength=d.n_groups
-        )
-        position = int(np.flatnonzero(np.flatnonzero(d.varying) == k)[0])
-        objective += sigma_beta[position] ** 2 / 2 * cp.sum_squares(school_k)
-    problem = cp.Problem(cp.Minimize(objective))
-    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
-    return controls, w.value, problem.value
-
-
 @pytest.mark.parametrize("seed", [11, 12])
 def test_weights_equal_primal_solution_and_strong_duality(seed):
     frame, roles = make_frame(seed=seed, sizes=(5, 40), n_groups=5, n_unit=2, n_group=1)
     model = hierps.Model(frame, **roles)
     fit = fit_quietly(model, sigma_beta=0.7, sigma_alpha=1.5)
-    controls, primal, primal_value = primal_weights(model, fit)
+    controls, primal, primal_value = cvxpy_primal(model, fit)
     np.testing.assert_allclose(fit.weights.to_numpy()[controls], primal, rtol=1e-4, atol=1e-6)
     # Fenchel duality: the primal minimum is minus the dual (calibrated-loss) minimum.
     assert primal_value == pytest.approx(-fit.objective, rel=1e-6)
