@@ -21,6 +21,7 @@ Matrices are ``(J, d)``: one row per group, as the solver holds the deviations.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -96,16 +97,16 @@ class Penalty:
         return _NuclearSmoothed(delta, epsilon, float(self.inverse_scale[0]), svd)
 
 
-class Smoothed:
+class Smoothed(abc.ABC):
     """Derivatives of a smoothed penalty at one point (see :meth:`Penalty.smoothed`)."""
 
     gradient: np.ndarray  # (J, d)
     blocks: np.ndarray  # (J, d, d): the Hessian's diagonal blocks, one per group
     exact_blocks: bool  # whether the Hessian is block diagonal (then ``blocks`` is it)
 
+    @abc.abstractmethod
     def hessian_product(self, direction: np.ndarray) -> np.ndarray:
         """The Hessian of ``h_ε`` applied to a ``(J, d)`` direction."""
-        raise NotImplementedError
 
 
 class _LaplaceSmoothed(Smoothed):
