@@ -11,6 +11,7 @@ import pandas as pd
 
 from hierps.design.build import Design
 from hierps.effects.estimands import GroupSums
+from hierps.exceptions import ArgumentError, ArgumentTypeError
 
 __all__ = [
     "INTERCEPT",
@@ -25,14 +26,6 @@ __all__ = [
 
 #: Row name of the constant covariate 1, whose imbalance is the sum-to-n_treated gap.
 INTERCEPT = "(intercept)"
-
-
-def _treated_sd(values: np.ndarray, treated: np.ndarray) -> np.ndarray:
-    sd = values[treated].std(axis=0, ddof=1) if treated.sum() > 1 else np.zeros(values.shape[1])
-    pooled = np.sqrt(
-        (values[treated].var(axis=0, ddof=1) + values[~treated].var(axis=0, ddof=1)) / 2
-    )
-    return np.where(sd > 0, sd, pooled)
 
 
 def _frequency_variance(values: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -103,10 +96,7 @@ def balance_frame(design: Design, weights: np.ndarray, estimand: str = "att") ->
         [np.ones(design.n_units), design.unit_matrix, design.group_matrix[design.group_codes]]
     )
     original = np.column_stack([np.ones(design.n_units), unit_original, group_original])
-    if design.base_weights is None and estimand == "att":
-        sd = np.r_[np.nan, _treated_sd(original[:, 1:], treated)]
-    else:
-        sd = np.r_[np.nan, _denominator_sd(original[:, 1:], treated, estimand, base)]
+    sd = np.r_[np.nan, _denominator_sd(original[:, 1:], treated, estimand, base)]
     treated_base = np.where(treated, base, 0.0)
     control_base = np.where(treated, 0.0, base)
 
@@ -118,7 +108,7 @@ def balance_frame(design: Design, weights: np.ndarray, estimand: str = "att") ->
         rows = {}
         for column, name in enumerate(names):
             x, s = original[:, column], standardized[:, column]
-            with np.errstate(invalid="ignore", divide="ignore"):
+            with np.errstate(invalid="ignore"):  # 0/0 in a scope without an arm
                 treated_mean = scope_sum(treated_base * x) / treated_count
                 treated_after = scope_sum(treated_weights * x) / treated_total_after
                 before = scope_sum(control_base * x) / control_count
@@ -309,15 +299,16 @@ def balance_draws(
     """
     _, values, n_unit = covariate_values(design)
     treated = design.treatment == 1
+    base = design.unit_weights
     codes = design.group_codes
-    sd = _treated_sd(values, treated)
+    sd = _denominator_sd(values, treated, "att", base)
     n_groups = design.n_groups
-    n_treated_group = np.bincount(codes, weights=treated, minlength=n_groups)
-    treated_sum_group = np.zeros((n_groups, values.shape[1]))
-    np.add.at(treated_sum_group, codes[treated], values[treated])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        treated_mean_group = treated_sum_group / n_treated_group[:, None]
-    treated_mean = values[treated].mean(axis=0)
+    # The treated keep their base weights (1 without base weights), as in balance_frame.
+    treated_base = np.where(treated, base, 0.0)
+    sums = GroupSums(codes, n_groups)
+    with np.errstate(invalid="ignore"):  # 0/0 in a group without treated units
+        treated_mean_group = sums(treated_base * values.T).T / sums(treated_base)[:, None]
+    treated_mean = treated_base @ values / treated_base.sum()
 
     weight_sum = np.zeros((n_draws, n_groups))
     square_sum = np.zeros((n_draws, n_groups))
@@ -354,20 +345,20 @@ def att_result_design(result: object, purpose: str) -> Design:
 
     Raises
     ------
-    TypeError
+    ArgumentTypeError
         If ``result`` has no design.
-    ValueError
+    ArgumentError
         If the result estimated another estimand.
     """
     design = getattr(result, "design", None)
     if not isinstance(design, Design):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"expected a hierps result with a .design (MapResult or PosteriorResult), not "
             f"{type(result).__name__}"
         )
     estimand = str(getattr(result, "estimand", "att"))
     if estimand != "att":
-        raise ValueError(
+        raise ArgumentError(
             f"{purpose} assesses ATT weights (controls reweighted to the treated); this result "
             f"estimated the {estimand.upper()}"
         )
