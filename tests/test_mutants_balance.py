@@ -368,7 +368,8 @@ def test_balance_draws_use_the_base_weights_of_balance_frame(weighted_design):
 @pytest.fixture(scope="module")
 def ragged_design():
     """Group s000 has no treated units, s001 one control, s002 no controls, and the controls
-    of s003 (the last group) share one value of x1 (exactly: the design is not standardized)."""
+    of s003 (the last group) share one value of x1, and each arm of s003 one value of x2
+    (exactly: the design is not standardized)."""
     frame, roles = make_frame(seed=44, sizes=(12, 20), n_groups=4, n_unit=2, n_group=1)
     frame.loc[frame["school"] == "s000", "z"] = 0
     s001 = np.flatnonzero(frame["school"] == "s001")
@@ -376,6 +377,8 @@ def ragged_design():
     frame.loc[s001[-1], "z"] = 0
     frame.loc[frame["school"] == "s002", "z"] = 1
     frame.loc[(frame["school"] == "s003") & (frame["z"] == 0), "x1"] = 0.3
+    frame.loc[(frame["school"] == "s003") & (frame["z"] == 0), "x2"] = 0.5
+    frame.loc[(frame["school"] == "s003") & (frame["z"] == 1), "x2"] = 0.25
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HierpsWarning)
         return hierps.Model(frame, standardize=False, **roles).design
@@ -399,18 +402,32 @@ def test_groups_missing_an_arm_give_missing_statistics_quietly(ragged_design, es
     assert np.isnan(group_after[0, 0]) and np.isnan(group_after[2, 0])
     assert np.isnan(group_after[1, 0])  # one control: no variance
     assert np.isposinf(group_after[3, 0])  # constant controls, varying treated
+    assert np.isnan(ratios[2][3, 1])  # both arms constant before weighting: 0 / 0
+    with np.errstate(all="raise"):
+        per_group = weighted_variance(design.unit_matrix, w, design.group_codes, 6)
+    assert np.isnan(per_group[4:]).all()  # groups without units
     np.testing.assert_array_equal(draws.ess_group[:, 2], 0.0)
     np.testing.assert_allclose(draws.ess_group[:, 1], 1.0)
     assert np.isnan(draws.smd_group[:, 0, :]).all() and np.isnan(draws.smd_group[:, 2, :]).all()
     assert np.isfinite(draws.smd_group[:, 3, :]).all()
 
 
-def test_ess_of_small_weights(design):
-    draws = np.full((1, design.n_units), 0.05)
-    result = balance_draws(design, lambda j, rows: draws[:, rows], 1)
+@pytest.mark.parametrize("size", [0.05, 1e153])
+def test_ess_of_small_and_huge_equal_weights_is_the_count(design, size):
+    draws = np.full((1, design.n_units), size)
+    with np.errstate(all="raise"):
+        result = balance_draws(design, lambda j, rows: draws[:, rows], 1)
     controls = np.bincount(design.group_codes[design.treatment == 0], minlength=design.n_groups)
     np.testing.assert_allclose(result.ess_group[0], controls, rtol=1e-12)
     assert result.ess_global[0] == pytest.approx(controls.sum(), rel=1e-12)
+
+
+def test_ess_of_a_group_whose_squared_weights_underflow_is_zero(design):
+    draws = np.ones((1, design.n_units))
+    draws[0, design.group_codes == 0] = 1e-170
+    with np.errstate(all="raise", under="ignore"):
+        result = balance_draws(design, lambda j, rows: draws[:, rows], 1)
+    assert result.ess_group[0, 0] == 0.0 and np.isfinite(result.ess_group[0, 1:]).all()
 
 
 def test_att_result_design_names_what_it_needs(design):
@@ -422,6 +439,9 @@ def test_att_result_design_names_what_it_needs(design):
             self.design, self.estimand = design, estimand
 
     assert att_result_design(Result("att"), "overlap") is design
+    unlabeled = Result("att")
+    del unlabeled.estimand  # results without an estimand are ATT results
+    assert att_result_design(unlabeled, "overlap") is design
     with pytest.raises(ArgumentTypeError, match=r"expected a hierps result with a \.design .*int"):
         att_result_design(3, "overlap")
     with pytest.raises(ArgumentError, match=r"^overlap assesses ATT weights .* estimated the ATE$"):

@@ -323,13 +323,16 @@ def balance_draws(
         weight_sum[:, j] = w.sum(axis=1)
         square_sum[:, j] = (w**2).sum(axis=1)
         weighted_sum[:, j, :] = w @ values[rows]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    # 0/0 in groups without controls; x/0 where every square of a group's weights underflows
+    # (weights below about 1e-162), whose ESS is then 0. (Σw / √Σw²)² rather than (Σw)² / Σw²
+    # keeps the ESS finite for weights up to about 1e154.
+    with np.errstate(invalid="ignore", divide="ignore"):
         control_mean = weighted_sum.sum(axis=1) / weight_sum.sum(axis=1)[:, None]
         smd_global = (treated_mean - control_mean) / sd
         control_mean_group = weighted_sum[:, :, :n_unit] / weight_sum[:, :, None]
         smd_group = (treated_mean_group[:, :n_unit] - control_mean_group) / sd[:n_unit]
-        ess_global = weight_sum.sum(axis=1) ** 2 / square_sum.sum(axis=1)
-        ess_group = np.where(square_sum > 0, weight_sum**2 / square_sum, 0.0)
+        ess_global = (weight_sum.sum(axis=1) / np.sqrt(square_sum.sum(axis=1))) ** 2
+        ess_group = np.where(square_sum > 0, (weight_sum / np.sqrt(square_sum)) ** 2, 0.0)
     return BalanceDraws(smd_global, smd_group, ess_global, ess_group)
 
 
