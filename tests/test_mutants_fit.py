@@ -3,16 +3,16 @@ reaching the solver, and the messages naming what went wrong."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 from helpers import make_frame
 
 import hierps
-from hierps.calibrated.fit import _label_array, _short, fit_map
-from hierps.exceptions import ArgumentError, ArgumentTypeError, HierpsWarning
+from hierps.calibrated.fit import _short, fit_map
+from hierps.exceptions import ArgumentError, ArgumentTypeError, ConvergenceError, HierpsWarning
 
 # Small simulated groups: one control may carry most of a group's weight, which is not the point.
 pytestmark = pytest.mark.filterwarnings(
@@ -194,11 +194,143 @@ def test_bad_arguments_are_named(model, arguments, message):
         model.fit_map(**arguments)
 
 
-def test_labels_and_short_lists():
-    tuples = pd.Index([("a", 1), ("b", 2)])
-    array = _label_array(tuples)
-    assert array.shape == (2,) and array[0] == ("a", 1)
-    np.testing.assert_array_equal(_label_array(pd.Index([3, 4])), [3, 4])
+def test_short_lists():
     assert _short(["a", "b"]) == "'a', 'b'"
     assert _short(list("abcdefg")) == "'a', 'b', 'c', 'd', 'e' and 2 more"
+    assert _short(list("abcdef")) == "'a', 'b', 'c', 'd', 'e' and 1 more"
     assert _short(list("abcde")) == "'a', 'b', 'c', 'd', 'e'"
+
+
+def test_bad_choices_name_the_argument(model):
+    with pytest.raises(ArgumentError, match=r"^estimand='ATT' is not one of 'att', 'atc', 'ate'$"):
+        model.fit_map(estimand="ATT")
+
+
+def test_warm_start_from_another_number_of_groups_is_named(model):
+    frame, roles = make_frame(seed=53, sizes=(20, 40), n_groups=4, n_unit=3, n_group=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        other = hierps.Model(frame, varying_slopes=["x1", "x3"], **roles).fit_map()
+    with pytest.raises(
+        ArgumentError,
+        match=r"^init has 4 groups but the design has 5: warm starts need a fit of the same "
+        r"design$",
+    ):
+        model.fit_map(init=other)
+
+
+def test_auto_scales_are_estimated_given_the_fixed_ones(model):
+    from hierps.calibrated.empirical_bayes import estimate_scales
+
+    fit = fit_map(model.design, sigma_alpha="auto", sigma_beta=0.3)
+    alone = estimate_scales(model.design, ["sigma_alpha"], sigma_beta=0.3)
+    assert fit.hyperparameters.sigma_beta == 0.3
+    assert fit.hyperparameters.sigma_alpha == pytest.approx(alone.scales["sigma_alpha"], rel=1e-9)
+    other = estimate_scales(model.design, ["sigma_alpha"])
+    assert other.scales["sigma_alpha"] != pytest.approx(alone.scales["sigma_alpha"], rel=1e-3)
+
+
+def test_groups_without_the_target_arm_are_named_for_the_estimand():
+    frame, roles = make_frame(seed=54, sizes=(20, 40), n_groups=5, n_unit=3, n_group=2)
+    frame.loc[frame["school"] == "s002", "z"] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        model = hierps.Model(frame, **roles)
+    n_control = int((frame["z"] == 0).sum())
+    left_out = int((frame["school"] == "s002").sum())
+    with pytest.warns(HierpsWarning) as caught:
+        model.fit_map(estimand="atc")
+    messages = [str(w.message) for w in caught]
+    assert (
+        f"group(s) 's002' have no treated units: their CATC cannot be estimated (NaN) and the "
+        f"ATC excludes them — {left_out} of {n_control} control unit(s) left out"
+    ) in messages
+
+
+class _Solver:
+    """A stand-in for the Newton solver that fails in a chosen way."""
+
+    def __init__(self, failure):
+        self.failure = failure
+
+    def __call__(self, problem, *start, tol, max_iterations):
+        from hierps.calibrated.newton import NewtonTrace
+
+        if self.failure == "singular":
+            raise np.linalg.LinAlgError("Singular matrix")
+        n = len(problem.order)
+        return NewtonTrace(
+            theta_global=np.zeros(problem.n_global),
+            theta_local=np.zeros((problem.n_groups, problem.n_local)),
+            objective=np.inf,
+            max_gradient=np.inf if self.failure == "overflow" else 0.0,
+            iterations=7,
+            converged=self.failure != "overflow",
+            control_weights=np.full(n, np.inf),
+        )
+
+
+SCALES = "sigma_intercept=2.5, sigma_gamma=1.0, sigma_alpha=0.5, sigma_mu_beta=1.0, sigma_beta=0.25"
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        (
+            "singular",
+            f"the MAP Newton system became singular (Singular matrix) with prior scales {SCALES}: "
+            f"some groups cannot be balanced on every covariate (too few units in the weighted "
+            f"arm); use a smaller sigma_beta or fewer varying_slopes",
+        ),
+        (
+            "overflow",
+            f"the MAP weights overflowed after 7 Newton iterations with prior scales {SCALES}: "
+            f"the balance they ask for is infeasible in some group; use a smaller sigma_beta or "
+            f"sigma_alpha",
+        ),
+        ("infinite weights", "the MAP weights overflowed; try smaller prior scales"),
+    ],
+)
+def test_solver_failures_name_the_scales(model, monkeypatch, failure, message):
+    monkeypatch.setattr("hierps.calibrated.fit.newton_solve", _Solver(failure))
+    with pytest.raises(ConvergenceError, match=f"^{re.escape(message)}$"):
+        model.fit_map(sigma_alpha=0.5, sigma_beta=0.25)
+
+
+def test_extreme_weight_warning_lists_the_five_largest_shares():
+    frame, roles = make_frame(seed=65, sizes=(4, 12), n_groups=14, n_unit=2, n_group=0)
+    model = hierps.Model(frame, **roles)
+    with pytest.warns(HierpsWarning) as caught:
+        fit = model.fit_map(sigma_beta=100.0, sigma_alpha=100.0)
+    d = model.design
+    control = d.treatment == 0
+    relative = fit.relative_weights.to_numpy()
+    weights = fit.weights.to_numpy()
+    labels = d.groups.tolist()
+    count = np.bincount(d.group_codes[control], minlength=d.n_groups)
+    share = np.array(
+        [
+            1.0 / relative[(d.group_codes == j) & control].sum() if count[j] else 0.0
+            for j in range(d.n_groups)
+        ]
+    )
+    weight_sum = np.bincount(d.group_codes, weights=np.where(control, weights, 0.0))
+    extreme = np.flatnonzero((share > 0.5) & (count >= 2))
+    assert 5 < len(extreme) < d.n_groups and (count[share > 0.5] == 1).any()
+    assert (count[extreme] == 2).any()
+    worst = extreme[np.argsort(-share[extreme], kind="stable")][:5]
+    table = ", ".join(f"{labels[j]!r}: {share[j]:.0%}" for j in worst)
+    vanishing = [labels[j] for j in extreme if weight_sum[j] < 1e-8]
+    note = (
+        f"; the weights of {_short(vanishing)} vanish (exact balance there is nearly "
+        f"infeasible): their effects are computed from the relative weights"
+        if vanishing
+        else ""
+    )
+    expected = (
+        f"{len(extreme)} group(s) have one control unit carrying more than 50% of the group's "
+        f"control weight (largest shares: {table}){note}; their effects rest on very few units "
+        f"(see fit.group_effects) — a smaller sigma_beta trades within-group balance for "
+        f"effective sample size"
+    )
+    assert expected in [str(w.message) for w in caught]

@@ -169,9 +169,8 @@ def fit_map(
                     "warm starts need a fit of the same design"
                 )
             start = (previous.theta_global, previous.theta_local)
-        try:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                trace = solve(problem, *start, tol=tol, max_iterations=max_iterations)
+        try:  # the solvers guard their own floating-point operations
+            trace = solve(problem, *start, tol=tol, max_iterations=max_iterations)
         except np.linalg.LinAlgError as error:
             raise ConvergenceError(
                 f"the MAP Newton system became singular ({error}) with prior scales "
@@ -236,7 +235,8 @@ class MapResult:
         design: Design,
         hyperparameters: MapHyperparameters,
         solved: list[tuple[Arm, CalibratedProblem, NewtonTrace]],
-        estimand: str = "att",
+        *,
+        estimand: str,
         selection: ScaleSelection | None = None,
     ) -> None:
         self.design = design
@@ -337,7 +337,7 @@ class MapResult:
                 "beta_deviation": (("group", "varying_covariate"), theta_local[:, 1:]),
             },
             coords={
-                "group": _label_array(d.groups),
+                "group": d.groups.to_numpy(),  # 1-d, also for tuple labels
                 "unit_covariate": list(d.unit_names),
                 "varying_covariate": list(varying),
                 "group_covariate": list(d.group_names),
@@ -524,7 +524,8 @@ class MapResult:
         if not extreme.any():
             return
         labels = d.groups.tolist()
-        worst = np.argsort(-share)[: min(5, int(extreme.sum()))]
+        groups = np.flatnonzero(extreme)  # one control alone is not an extreme share
+        worst = groups[np.argsort(-share[groups], kind="stable")][:5]
         table = ", ".join(f"{labels[j]!r}: {share[j]:.0%}" for j in worst)
         vanishing = [labels[j] for j in np.flatnonzero(extreme & (weight_sum < 1e-8))]
         note = (
@@ -541,15 +542,6 @@ class MapResult:
             HierpsWarning,
             stacklevel=4,
         )
-
-
-def _label_array(labels: pd.Index) -> np.ndarray:
-    """Labels as a 1-d array, also when they are tuples (xarray would read those as rows)."""
-    if isinstance(labels.dtype, np.dtype) and labels.dtype != object:
-        return labels.to_numpy()
-    array = np.empty(len(labels), dtype=object)
-    array[:] = list(labels)
-    return array
 
 
 def _short(labels: list) -> str:
