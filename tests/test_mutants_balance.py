@@ -324,7 +324,8 @@ def test_weighted_variance_of_a_single_unit_is_missing_not_infinite():
     # 3 · 0.1 / 3 is not 0.1 in floating point: a spread of about 1e-34 over a denominator
     # of exactly 0.
     values = np.array([[0.1], [0.7]])
-    assert np.isnan(weighted_variance(values, np.array([3.0, 0.0]))).all()
+    with np.errstate(all="raise"):
+        assert np.isnan(weighted_variance(values, np.array([3.0, 0.0]))).all()
     by_group = weighted_variance(values, np.array([3.0, 2.0]), np.array([0, 0]))
     assert by_group.shape == (1, 1)
 
