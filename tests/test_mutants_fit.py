@@ -334,3 +334,23 @@ def test_extreme_weight_warning_lists_the_five_largest_shares():
         f"effective sample size"
     )
     assert expected in [str(w.message) for w in caught]
+
+
+def test_warnings_point_at_the_callers_code():
+    frame, roles = make_frame(seed=65, sizes=(4, 12), n_groups=14, n_unit=2, n_group=0)
+    frame.loc[3, "x1"] = np.nan  # a missing value: an indicator is added
+    frame["x3"] = 1.0  # constant: dropped
+    frame["x4"] = np.where(frame["z"] == 1, 0.5, frame["x2"])  # no spread among the treated
+    roles["unit_covariates"] = ["x1", "x2", "x3", "x4"]
+    with pytest.warns(HierpsWarning) as made:
+        model = hierps.Model(frame, **roles)
+    with pytest.warns(HierpsWarning) as fitted:
+        model.fit_map(sigma_beta=100.0, sigma_alpha=100.0)
+    with pytest.warns(HierpsWarning) as fitted_directly:
+        fit_map(model.design, sigma_beta=100.0, sigma_alpha=100.0)
+    messages = [str(w.message) for w in made]
+    assert any("missing values" in m for m in messages)
+    assert any("constant in the data" in m for m in messages)
+    assert any("no variation among the treated" in m for m in messages)
+    for caught in (made, fitted, fitted_directly):
+        assert caught and all(w.filename == __file__ for w in caught), [w.filename for w in caught]

@@ -16,7 +16,6 @@ is linear with a constant Jacobian, so the modes coincide)::
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +36,8 @@ from hierps.exceptions import (
     ArgumentError,
     ArgumentTypeError,
     ConvergenceError,
-    HierpsWarning,
     check_choice,
+    warn,
 )
 
 if TYPE_CHECKING:
@@ -534,13 +533,11 @@ class MapResult:
             if vanishing
             else ""
         )
-        warnings.warn(
+        warn(
             f"{int(extreme.sum())} group(s) have one {arm.name} unit carrying more than "
             f"{EXTREME_WEIGHT_SHARE:.0%} of the group's {arm.name} weight (largest shares: "
             f"{table}){note}; their effects rest on very few units (see fit.group_effects) — "
-            f"a smaller sigma_beta trades within-group balance for effective sample size",
-            HierpsWarning,
-            stacklevel=4,
+            f"a smaller sigma_beta trades within-group balance for effective sample size"
         )
 
 

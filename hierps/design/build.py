@@ -7,7 +7,6 @@ MAP solver (:mod:`hierps.calibrated`) both consume it.
 from __future__ import annotations
 
 import difflib
-import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ import pandas as pd
 
 from hierps.design import validation
 from hierps.design.standardize import _short_list, scaling, standardized
-from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, HierpsWarning
+from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, warn
 
 __all__ = ["ColumnRoles", "Design", "build_design"]
 
@@ -313,12 +312,10 @@ def _encode(
         if missing.any():
             indicator = f"{name}_missing"
             add(indicator, missing.astype(float), name)
-            warnings.warn(
+            warn(
                 f"covariate {name!r} has {int(missing.sum())} missing values (in {rows}): added "
                 f"the indicator {indicator!r} and set the missing entries to the centre used for "
-                f"standardization (the treated mean by default)",
-                HierpsWarning,
-                stacklevel=4,
+                f"standardization (the treated mean by default)"
             )
     encoded = pd.DataFrame(columns, index=frame.index)
     return encoded, sources

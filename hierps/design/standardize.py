@@ -9,14 +9,13 @@ rules serve in-memory and Dask designs, which compute the spreads in their own w
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from hierps.exceptions import HierpsWarning
+from hierps.exceptions import warn
 
 __all__ = ["Spread", "column_spread", "scaling_from_spread", "standardized"]
 
@@ -133,11 +132,9 @@ def scaling_from_spread(
             scale = treated.sd.copy()
             fallback = [name for name in columns if name not in constant and not scale[name] > 0]
             if fallback:
-                warnings.warn(
+                warn(
                     f"{level} covariates {_short_list(fallback)} have no variation among the "
-                    f"treated; they are scaled by the pooled standard deviation instead",
-                    HierpsWarning,
-                    stacklevel=5,
+                    f"treated; they are scaled by the pooled standard deviation instead"
                 )
                 scale[fallback] = pooled_sd[fallback]
                 center[fallback] = center[fallback].fillna(overall.mean[fallback])
@@ -147,11 +144,7 @@ def scaling_from_spread(
         # A column that varies only across arms can still have zero pooled spread.
         scale = scale.where(scale > 0, overall_sd)
     if constant:
-        warnings.warn(
-            f"{level} covariates {_short_list(constant)} are constant in the data and are dropped",
-            HierpsWarning,
-            stacklevel=5,
-        )
+        warn(f"{level} covariates {_short_list(constant)} are constant in the data and are dropped")
     table = pd.DataFrame({"center": center, "scale": scale}).drop(index=constant)
     table.index.name = "covariate"
     return table, constant

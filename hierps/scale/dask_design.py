@@ -50,7 +50,7 @@ from hierps.design.build import (
     group_covariate_fields,
 )
 from hierps.design.standardize import Spread, scaling_from_spread
-from hierps.exceptions import DataError, HierpsWarning
+from hierps.exceptions import DataError, warn
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -468,11 +468,9 @@ def _unit_columns(
         if n_missing:
             indicator = f"{name}_missing"
             add((name, "missing", None), name)
-            warnings.warn(
+            warn(
                 f"covariate {name!r} has {n_missing} missing values (in rows): added "
                 f"the indicator {indicator!r} and set the missing entries to the centre used for "
-                f"standardization (the treated mean by default)",
-                HierpsWarning,
-                stacklevel=4,
+                f"standardization (the treated mean by default)"
             )
     return columns, sources
