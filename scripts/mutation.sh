@@ -101,16 +101,20 @@ stats = json.loads(path.read_text())
 by_file = defaultdict(set)
 for test in stats["duration_by_test"]:
     by_file[test.split("::")[0]].add(test)
-for function, tests in stats["tests_by_mangled_function_name"].items():
+reached = stats["tests_by_mangled_function_name"]
+for function, tests in reached.items():
     files = {test.split("::")[0] for test in tests}
-    stats["tests_by_mangled_function_name"][function] = sorted(
-        set(tests).union(*(by_file[f] for f in files))
-    )
+    reached[function] = sorted(set(tests).union(*(by_file[f] for f in files)))
+# A function called only while a fixture is set up is tied to no test at all: every test of
+# the selection checks its mutants.
+for meta in Path("mutants").rglob("*.py.meta"):
+    for key in json.loads(meta.read_text())["exit_code_by_key"]:
+        reached.setdefault(key.rsplit("__mutmut_", 1)[0], sorted(stats["duration_by_test"]))
 path.write_text(json.dumps(stats, indent=4))
 for meta in Path("mutants").rglob("*.py.meta"):
     data = json.loads(meta.read_text())
     codes = data["exit_code_by_key"]
-    data["exit_code_by_key"] = {k: (None if v == 0 else v) for k, v in codes.items()}
+    data["exit_code_by_key"] = {k: (None if v in (0, 33) else v) for k, v in codes.items()}
     meta.write_text(json.dumps(data, indent=4))
 PY
         nice -n "$niceness" "$mutmut" run --max-children "$jobs" >> "$workdir/$name.log" 2>&1 || true
