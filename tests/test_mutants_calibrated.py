@@ -226,3 +226,22 @@ def test_make_problem_message():
             z, np.array([1, 0, 1, 0]), np.zeros(4, dtype=int), np.zeros((1, 0)),
             np.array([0]), np.ones(2), np.ones(1),
         )  # fmt: skip
+
+
+def test_layout_with_base_weights_by_hand():
+    from hierps.calibrated.problem import lay_out_controls
+
+    _, data = random_problem([0], seed=9)
+    z, t, codes = data["z"], data["treatment"] == 1, data["codes"]
+    base = np.random.default_rng(9).uniform(0.2, 3.0, len(codes))
+    layout = lay_out_controls(z[:, 1:], t, codes, 9, base_weights=base)
+    order = layout.group_order
+    treated_moments = np.zeros((9, 3))
+    np.add.at(treated_moments, codes[t], base[t, None] * z[t])
+    np.testing.assert_allclose(layout.treated_moments, treated_moments[order], rtol=1e-12)
+    gram = np.zeros((9, 3, 3))
+    np.add.at(gram, codes[~t], base[~t, None, None] * z[~t, :, None] * z[~t, None, :])
+    np.testing.assert_allclose(layout.gram, gram[order], rtol=1e-10, atol=1e-12)
+    # Each control's log base weight offsets its η; padding slots carry -inf (weight 0).
+    np.testing.assert_allclose(layout.padding[layout.slots], np.log(base[layout.order]))
+    assert np.isneginf(np.delete(layout.padding, layout.slots)).all()
