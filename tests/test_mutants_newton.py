@@ -115,3 +115,85 @@ def test_line_search_trusts_a_full_step_below_rounding():
     args = one_dimensional(eta, step_eta, slope=-1e-14)
     t, _, _ = newton_module._line_search(*args)
     assert t == 1.0
+
+
+def _reference_pcg(matrix, rhs, diagonal, target, max_iterations, keep):
+    """Textbook preconditioned conjugate gradients on vectors, search directions multiplied
+    by the 0/1 mask ``keep`` (a deflation onto the kept coordinates)."""
+    x = np.zeros_like(rhs)
+    r = rhs.copy()
+    z = r / diagonal
+    p = z * keep
+    rz = r @ z
+    count = 0
+    for _ in range(max_iterations):
+        if np.sqrt(r @ r) <= target:
+            break
+        count += 1
+        hp = matrix @ p
+        alpha = rz / (p @ hp)
+        x, r = x + alpha * p, r - alpha * hp
+        z = r / diagonal
+        rz, previous = r @ z, rz
+        p = z * keep + rz / previous * p
+    return x, count
+
+
+@pytest.mark.parametrize("deflated", [False, True], ids=["plain", "deflated"])
+def test_pair_conjugate_gradients_match_the_textbook_method(deflated):
+    from hierps.calibrated.newton import pair_conjugate_gradients
+
+    rng = np.random.default_rng(12)
+    n_global, local_shape = 3, (2, 2)
+    n = n_global + 4
+    root = rng.normal(size=(n, n))
+    matrix = root @ root.T + n * np.diag(rng.uniform(0.5, 3.0, n))
+    rhs = rng.normal(size=n)
+    diagonal = np.diag(matrix).copy()
+    keep = np.ones(n)
+    if deflated:
+        keep[0] = 0.0
+
+    def split(vector):
+        return vector[:n_global].copy(), vector[n_global:].reshape(local_shape).copy()
+
+    def join(pair):
+        return np.concatenate([pair[0], pair[1].ravel()])
+
+    def apply(pair):
+        return split(matrix @ join(pair))
+
+    def precondition(pair):
+        return split(join(pair) / diagonal)
+
+    def deflate(pair):
+        return split(join(pair) * keep)
+
+    for target, steps in ((1e-3, 50), (1e-12, 50), (0.0, 3)):
+        x, count = pair_conjugate_gradients(
+            apply,
+            precondition,
+            split(np.zeros(n)),
+            split(rhs),
+            target,
+            steps,
+            deflate if deflated else None,
+        )
+        expected, expected_count = _reference_pcg(matrix, rhs, diagonal, target, steps, keep)
+        assert count == expected_count
+        np.testing.assert_allclose(join(x), expected, rtol=1e-10, atol=1e-12)
+        if target == 1e-12 and not deflated:  # converged: the exact solution
+            np.testing.assert_allclose(join(x), np.linalg.solve(matrix, rhs), rtol=1e-8)
+
+
+def test_pair_conjugate_gradients_stop_where_the_curvature_fails():
+    from hierps.calibrated.newton import pair_conjugate_gradients
+
+    start = (np.ones(2), np.ones((1, 2)))
+    residual = (np.ones(2), np.zeros((1, 2)))
+    x, count = pair_conjugate_gradients(
+        lambda p: (0 * p[0], 0 * p[1]), lambda r: r, start, residual, 1e-8, 10
+    )
+    assert count == 1
+    np.testing.assert_array_equal(x[0], start[0])
+    np.testing.assert_array_equal(x[1], start[1])
