@@ -180,11 +180,14 @@ def test_pool_catt_passes_the_usable_groups_and_standardized_covariates(stub):
             sampler="pymc",
             progressbar=False,
         )
-    messages = " ".join(str(w.message) for w in caught)
-    assert "'g2'" in messages and "no CATT estimate" in messages
-    assert "'g4'" in messages and "non-positive standard error" in messages
     # 'flat' is constant over the pooled groups g0, g1, g3, g5.
-    assert "'flat'" in messages and "do not vary" in messages
+    assert [str(w.message) for w in caught if "sampler reports" not in str(w.message)] == [
+        "group(s) 'g2' have no CATT estimate (NaN) and are left out of the pooling model",
+        "group(s) 'g4' have a missing or non-positive standard error and are left out of the "
+        "pooling model",
+        "group covariates 'flat' do not vary across the pooled groups and are dropped from the "
+        "pooling model",
+    ]
     (call,) = stub
     usable = ["g0", "g1", "g3", "g5"]
     np.testing.assert_array_equal(call["estimate"], table.loc[usable, "estimate"])
@@ -459,3 +462,71 @@ def test_pooling_model_dims():
     for name in ("fitted", "z", "theta", "estimate"):
         assert dims[name] == ("group",), name
     assert "mu_tau" not in dims and "sigma_tau" not in dims
+
+
+def _two_arm_by_hand(fit):
+    """Each arm's Σ a² (Y − Ȳ_a)² / (Σ a)² per group, the arm that is not reweighted with
+    its base weights, the factor m / (m − 1), and the pooled variance where it has one unit."""
+    d = fit.design
+    y, codes, base = d.outcome, d.group_codes, d.unit_weights
+    weights = fit.weights.to_numpy()
+    reweighted = {"att": {0}, "atc": {1}, "ate": {0, 1}}[fit.estimand]
+    variance = np.zeros(d.n_groups)
+    estimable = np.ones(d.n_groups, dtype=bool)
+    for arm in (0, 1):
+        parts, spreads, dofs, counts = [], [], [], []
+        for j in range(d.n_groups):
+            rows = (codes == j) & (d.treatment == arm)
+            a = (weights if arm in reweighted else base)[rows]
+            m = rows.sum()
+            if m == 0:
+                estimable[j] = False
+                parts.append(np.nan), spreads.append(0.0), dofs.append(0.0), counts.append(0)
+                continue
+            mean = a @ y[rows] / a.sum()
+            spread = a**2 @ (y[rows] - mean) ** 2
+            parts.append(spread / a.sum() ** 2)
+            spreads.append(spread)
+            dofs.append((a**2).sum() * (m - 1) / m)
+            counts.append(m)
+        parts, counts = np.array(parts), np.array(counts)
+        if arm not in reweighted:
+            several = counts >= 2
+            pooled = np.sum(np.array(spreads)[several]) / np.sum(np.array(dofs)[several])
+            for j in range(d.n_groups):
+                rows = (codes == j) & (d.treatment == arm)
+                if counts[j] >= 2:
+                    parts[j] *= counts[j] / (counts[j] - 1)
+                elif counts[j] == 1:
+                    parts[j] = pooled * base[rows][0] ** 2 / base[rows][0] ** 2
+        variance += np.nan_to_num(parts)
+    return np.where(estimable, np.sqrt(variance), np.nan)
+
+
+@pytest.mark.parametrize("estimand", ["att", "atc", "ate"])
+def test_two_arm_standard_errors_by_hand(estimand):
+    frame, roles = make_frame(seed=71, sizes=(12, 40), n_groups=6, n_unit=2, n_group=1)
+    frame["base"] = np.random.default_rng(71).uniform(0.5, 2.0, len(frame))
+    s001 = np.flatnonzero(frame["school"] == "s001")
+    frame.loc[s001, "z"] = 0
+    frame.loc[s001[0], "z"] = 1  # one treated unit: the pooled variance of the treated
+    s002 = np.flatnonzero(frame["school"] == "s002")
+    frame.loc[s002, "z"] = 1
+    frame.loc[s002[0], "z"] = 0  # one control unit
+    frame.loc[frame["school"] == "s003", "z"] = 1  # no controls: no standard error
+    s004 = np.flatnonzero(frame["school"] == "s004")
+    frame.loc[s004, "z"] = 0
+    frame.loc[s004[:2], "z"] = 1  # two treated units
+    s005 = np.flatnonzero(frame["school"] == "s005")
+    frame.loc[s005, "z"] = 1
+    frame.loc[s005[:2], "z"] = 0  # two control units
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        fit = hierps.Model(frame, weights="base", **roles).fit_map(
+            estimand=estimand, sigma_beta=0.5
+        )
+    with np.errstate(all="raise"):
+        se = pooling.map_standard_errors(fit)
+    assert se.name == "se" and se.index.equals(fit.design.groups)
+    np.testing.assert_allclose(se.to_numpy(), _two_arm_by_hand(fit), rtol=1e-10)
+    assert np.isnan(se["s003"]) and np.isfinite(se.drop("s003")).all()

@@ -15,7 +15,6 @@ group covariates moderate the effect and ``σ_τ`` how much heterogeneity they l
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ from hierps.calibrated.fit import MapResult
 from hierps.design.build import Design, _close_matches, _list_labels
 from hierps.design.validation import constant_columns
 from hierps.effects.estimands import GroupSums
-from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, HierpsWarning, warn
+from hierps.exceptions import ArgumentError, ArgumentTypeError, DataError, warn
 from hierps.mcmc.conventions import CI_PROB, check_sampler, show_progress
 from hierps.mcmc.diagnosis import diagnose
 from hierps.mcmc.summary import summarize_draws
@@ -384,18 +383,14 @@ def _usable_groups(table: pd.DataFrame) -> np.ndarray:
     no_estimate = ~np.isfinite(estimate)
     bad_se = ~no_estimate & ~(np.isfinite(se) & (se > 0))
     if no_estimate.any():
-        warnings.warn(
+        warn(
             f"group(s) {_list_labels(table.index[no_estimate])} have no CATT estimate (NaN) and "
-            f"are left out of the pooling model",
-            HierpsWarning,
-            stacklevel=3,
+            f"are left out of the pooling model"
         )
     if bad_se.any():
-        warnings.warn(
+        warn(
             f"group(s) {_list_labels(table.index[bad_se])} have a missing or non-positive "
-            f"standard error and are left out of the pooling model",
-            HierpsWarning,
-            stacklevel=3,
+            f"standard error and are left out of the pooling model"
         )
     return ~no_estimate & ~bad_se
 
