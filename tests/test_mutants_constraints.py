@@ -343,3 +343,17 @@ def test_duplicate_constraints_message():
     )
     with pytest.raises(FormulaError, match=f"^{re.escape(msg)}$"):
         generate_constraints([f"{lhs} ~ 1", f"{lhs} ~ 1"], Z, data)
+
+
+def test_stand_nullable_boolean_with_missing():
+    x = pd.Series([True, None, False, True, False, False], dtype="boolean")
+    out = stand(Z, x)
+    assert np.isnan(out.covariate[1])
+    np.testing.assert_allclose(out.covariate[[0, 2]], np.array([1.0, 0.0]) / out.scale)
+    assert out.scale == pytest.approx(np.sqrt(0.5))
+
+
+def test_stand_rejects_categorical_series_of_numbers():
+    x = pd.Series(pd.Categorical([1.0, 2, 3, 1, 2, 3]), name="grade")
+    with pytest.raises(DataError, match=r"^`x` must be numeric or boolean to be standardized$"):
+        stand(Z, x)
