@@ -80,9 +80,10 @@ def test_stand_pooled_fallback_message_for_unnamed_x():
         "`x` has no variance among treated units; it is standardized by the pooled standard "
         "deviation (the average of the group variances) instead."
     )
-    with pytest.warns(HierpsWarning, match=f"^{re.escape(msg)}$"):
+    with pytest.warns(HierpsWarning, match=f"^{re.escape(msg)}$") as caught:
         out = stand(Z, x)
     assert out.scale == pytest.approx(np.sqrt(4 / 2))
+    assert all(w.filename == __file__ for w in caught)  # attributed to the caller
 
 
 def test_constant_missingness_warns_and_keeps_scale():
@@ -216,9 +217,10 @@ def test_unused_level_warns_and_later_levels_follow():
         "`g.zz` has no variance in any treatment group (e.g. an unused factor level); "
         "no constraints are generated for it."
     )
-    with pytest.warns(HierpsWarning, match=f"^{re.escape(msg)}$"):
+    with pytest.warns(HierpsWarning, match=f"^{re.escape(msg)}$") as caught:
         con = generate_constraints("g ~ 1", Z, data)
     assert list(con.X.columns) == ["g.a_1", "g.b_1"]
+    assert all(w.filename == __file__ for w in caught)
 
 
 # --- right-hand side ------------------------------------------------------------------------

@@ -25,7 +25,6 @@ Departures from natstrat, all fixing its defects:
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from hierps.exceptions import ArgumentError, DataError, FormulaError, HierpsWarning
+from hierps.exceptions import ArgumentError, DataError, FormulaError, warn
 from hierps.natstrat.balance_formula import BalanceFormula, RhsTerm, parse_balance_formula
 
 __all__ = ["Constraints", "Standardized", "generate_constraints", "stand"]
@@ -158,11 +157,9 @@ def _standardize(
         if treated_sd > 0.0:
             scale = treated_sd
         else:
-            warnings.warn(
+            warn(
                 f"`{label}` has no variance among treated units; it is standardized by the "
-                "pooled standard deviation (the average of the group variances) instead.",
-                HierpsWarning,
-                stacklevel=3,
+                "pooled standard deviation (the average of the group variances) instead."
             )
             # natstrat switches the whole covariate to pooled, missingness included.
             denom_variance = "pooled"
@@ -177,11 +174,9 @@ def _standardize(
     if miss_scale == 0.0:
         miss_scale = float(np.sqrt(np.mean([_sample_variance(indicator[g]) for g in groups])))
     if miss_scale == 0.0:
-        warnings.warn(
+        warn(
             f"Missingness of `{label}` is constant within each treatment group; no "
-            "missingness constraint is generated for it.",
-            HierpsWarning,
-            stacklevel=3,
+            "missingness constraint is generated for it."
         )
         return Standardized(x / scale, None, scale, None)
     return Standardized(x / scale, indicator / miss_scale, scale, miss_scale)
@@ -348,11 +343,7 @@ def _expand_rhs(
             else:
                 kept.append(k)
                 continue
-            warnings.warn(
-                f"Level {label!r} of `{term.name}` {reason}; no constraints are generated for it.",
-                HierpsWarning,
-                stacklevel=3,
-            )
+            warn(f"Level {label!r} of `{term.name}` {reason}; no constraints are generated for it.")
         if not kept:
             continue
         mean_treated = float(np.mean(n_treated[kept]))
@@ -382,11 +373,9 @@ def _term_levels(
                 # population named after the column.
                 per_variable.append(([""], np.where(values == 1.0, 0, -1), np.isnan(values)))
                 continue
-            warnings.warn(
+            warn(
                 f"`{term.name}` is excluded from the right-hand side: `{variable}` is numeric, "
-                "and populations need factor, character or boolean columns.",
-                HierpsWarning,
-                stacklevel=4,
+                "and populations need factor, character or boolean columns."
             )
             return None
         labels, codes = _levels(series, kind)
@@ -394,11 +383,9 @@ def _term_levels(
 
     missing = np.logical_or.reduce([m for _, _, m in per_variable])
     if missing.any():
-        warnings.warn(
+        warn(
             f"{int(missing.sum())} units have a missing value of `{term.name}` and belong to "
-            "none of its levels.",
-            HierpsWarning,
-            stacklevel=4,
+            "none of its levels."
         )
     # R's `a:b` on factors: levels "a_level:b_level" with the first factor varying slowest.
     labels = [":".join(combo) for combo in itertools.product(*(p[0] for p in per_variable))]
@@ -512,11 +499,9 @@ def generate_constraints(
                 covariate.name,
             )
             if scaled is None:
-                warnings.warn(
+                warn(
                     f"`{covariate.name}` has no variance in any treatment group (e.g. an "
-                    "unused factor level); no constraints are generated for it.",
-                    HierpsWarning,
-                    stacklevel=2,
+                    "unused factor level); no constraints are generated for it."
                 )
                 continue
             for population in populations:
@@ -526,11 +511,9 @@ def generate_constraints(
                     key = (covariate.source, term.name)
                     if not term.from_dot and key not in warned_self:
                         warned_self.add(key)
-                        warnings.warn(
+                        warn(
                             f"`{covariate.source}` is not balanced within `{term.name}`, "
-                            "which contains it.",
-                            HierpsWarning,
-                            stacklevel=2,
+                            "which contains it."
                         )
                     continue
                 weight = covariate.weight * population.weight
