@@ -484,3 +484,99 @@ def test_a_design_with_group_covariates_only():
     treated = model.design.treatment == 1
     w = np.where(treated, 1.0, np.exp(alpha[:, model.design.group_codes]))
     np.testing.assert_allclose(result.idata["weights"]["weight_draws"].to_numpy()[0], w)
+
+
+@pytest.fixture(scope="module")
+def weighted_study():
+    """Base weights; s001 has a single treated unit, s002 a single control, s003 no controls."""
+    frame, roles = make_frame(seed=35, sizes=(8, 30), n_groups=5, n_unit=2, n_group=1)
+    frame["base"] = np.random.default_rng(35).uniform(0.5, 2.0, len(frame))
+    for label, arm in (("s001", 0), ("s002", 1)):
+        rows = np.flatnonzero(frame["school"] == label)
+        frame.loc[rows, "z"] = arm
+        frame.loc[rows[0], "z"] = 1 - arm
+    frame.loc[frame["school"] == "s003", "z"] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        model = hierps.Model(frame, weights="base", **roles)
+        fit = model.fit_map(sigma_beta=0.5)
+    return model.design, hand_built_tree(fit, chains=2, draws=6, spread=0.3, seed=5)
+
+
+def test_bootstrap_effects_with_base_weights_by_hand(weighted_study):
+    design, tree = weighted_study
+    result = result_of(design, tree, uncertainty="bayesian_bootstrap")
+    stored = result.idata["weights"]
+    weights = stored["weight_draws"].stack(sample=("chain", "draw")).transpose("sample", "obs")
+    bootstrap = (
+        stored["bootstrap_weight"].stack(sample=("chain", "draw")).transpose("sample", "obs")
+    )
+    weights, bootstrap = weights.to_numpy(), bootstrap.to_numpy()
+    eta = draws_eta(design, tree)
+    treated = design.treatment == 1
+    base = design.unit_weights
+    np.testing.assert_allclose(weights, np.where(treated, 1.0, np.exp(eta)) * base, rtol=1e-12)
+    catt = result.idata["estimands"]["catt"].stack(sample=("chain", "draw"))
+    catt = catt.transpose("sample", "group").to_numpy()
+    att = result.idata["estimands"]["att"].stack(sample=("chain", "draw")).to_numpy()
+    for s in range(weights.shape[0]):
+        mass = bootstrap[s] * weights[s]  # bootstrap × base (treated), × base × odds (controls)
+        expected, _, treated_sum, _ = by_hand(design, mass, mass, "att")
+        np.testing.assert_allclose(catt[s], expected, rtol=1e-10)
+        estimable = np.isfinite(expected)  # s003 has no controls
+        share = treated_sum[estimable] / treated_sum[estimable].sum()
+        assert att[s] == pytest.approx(share @ expected[estimable], rel=1e-10)
+    assert stored.attrs["description"] == (
+        "posterior-mean weight of each unit (treated 1, controls exp(eta)); times the base weight"
+    )
+    assert stored.attrs["base_weights"] == "base"
+    assert stored.attrs["likelihood"] == (
+        "pseudo-likelihood: each unit's Bernoulli log-likelihood times its base weight, so the "
+        "posterior is a pseudo-posterior (its spread is not a sampling distribution)"
+    )
+
+
+def test_atc_weights_description_and_values(study):
+    design, tree = study
+    result = result_of(design, tree, estimand="atc")
+    stored = result.idata["weights"]
+    assert stored.attrs["description"] == (
+        "posterior-mean weight of each unit (treated exp(-eta), controls 1)"
+    )
+    assert "base_weights" not in stored.attrs and "likelihood" not in stored.attrs
+    eta = draws_eta(design, tree)
+    treated = design.treatment == 1
+    np.testing.assert_allclose(
+        stored["weight_draws"].stack(sample=("chain", "draw")).transpose("sample", "obs"),
+        np.where(treated, np.exp(-np.where(treated, eta, 0.0)), 1.0),
+        rtol=1e-12,
+    )
+
+
+def test_argument_types_of_from_idata_are_named(study):
+    design, tree = study
+    with pytest.raises(
+        hierps.exceptions.ArgumentTypeError, match=r"^idata must be an xarray\.DataTree, not str$"
+    ):
+        from_idata(design, "posterior.nc")
+    with pytest.raises(hierps.exceptions.ArgumentTypeError, match=r"^store_weights must be "):
+        from_idata(design, tree, store_weights="yes")
+    with pytest.raises((TypeError, ValueError), match=r"^random_seed"):
+        from_idata(design, tree, random_seed="seven")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_unstable_groups_are_those_with_both_arms(weighted_study):
+    design, tree = weighted_study
+    huge = tree.copy(deep=True)
+    huge["posterior"]["alpha"] = huge["posterior"]["alpha"] + 800.0
+    with pytest.warns(HierpsWarning) as caught:
+        from_idata(design, huge, uncertainty="propensity")
+    (message,) = [str(w.message) for w in caught if "under- or overflow" in str(w.message)]
+    # s003 lacks controls: named as such, not as unstable; s001 and s002 have one unit in an
+    # arm and are unstable like s000 and s004.
+    assert "group(s) 's003' of 'school' have no control units" in message
+    assert (
+        "the control weights of group(s) 's000' (100% of draws), 's001' (100% of draws), "
+        "'s002' (100% of draws), 's004' (100% of draws) under- or overflow"
+    ) in message
