@@ -11,14 +11,22 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 
 from hierps.exceptions import HierpsWarning
+
+#: Tests of where warnings point: a mutation run wraps every function in one more call, so
+#: they are judged in the normal run only.
+not_under_mutation = pytest.mark.skipif(
+    "MUTANT_UNDER_TEST" in os.environ, reason="mutation runs add a stack frame to every call"
+)
 
 
 def make_frame(

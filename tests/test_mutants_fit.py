@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import make_frame
+from helpers import make_frame, not_under_mutation
 
 import hierps
 from hierps.calibrated.fit import _short, fit_map
@@ -336,6 +336,7 @@ def test_extreme_weight_warning_lists_the_five_largest_shares():
     assert expected in [str(w.message) for w in caught]
 
 
+@not_under_mutation
 def test_warnings_point_at_the_callers_code():
     frame, roles = make_frame(seed=65, sizes=(4, 12), n_groups=14, n_unit=2, n_group=0)
     frame.loc[3, "x1"] = np.nan  # a missing value: an indicator is added

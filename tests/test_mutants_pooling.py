@@ -3,7 +3,6 @@ from known posterior draws (the sampler replaced by a stub)."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from types import SimpleNamespace
 
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from helpers import make_frame
+from helpers import make_frame, not_under_mutation
 
 import hierps
 import hierps.effects.catt_pooling as pooling
@@ -313,9 +312,7 @@ def test_pool_catt_checks_its_settings_exactly(stub):
     assert list(result.catt.index) == ["g0", "g1"] and not stub[-1]["covariates"].shape[1]
 
 
-@pytest.mark.skipif(
-    "MUTANT_UNDER_TEST" in os.environ, reason="mutation runs add a stack frame to every call"
-)
+@not_under_mutation
 def test_warnings_point_at_the_caller(stub):
     table, covariates = inputs()
     with pytest.warns(HierpsWarning) as caught:
