@@ -651,3 +651,46 @@ def test_damaged_attributes_are_refused_as_damaged(saved_path, tmp_path):
     path = _write(tree, tmp_path / "encoding.nc")
     with pytest.raises(ResultFileError, match=rf"^{re.escape(repr(str(path)))} is damaged: \w+: "):
         load(path)
+
+
+def test_files_without_estimand_or_deviations_load_with_the_defaults(saved_path, tmp_path):
+    tree = _read(saved_path)
+    del tree["map"].attrs["estimand"]
+    tree["map"].attrs.pop("deviations", None)
+    loaded = load(_write(tree, tmp_path / "old.nc"))
+    assert (loaded.estimand, loaded.deviations) == ("att", "normal")
+
+
+def test_a_write_failing_before_its_file_exists_raises_its_own_error(
+    map_fit, tmp_path, monkeypatch
+):
+    def broken(self, path, **kwargs):
+        raise OSError("no space")
+
+    monkeypatch.setattr(xr.DataTree, "to_netcdf", broken)
+    with pytest.raises(OSError, match=r"^no space$"):
+        map_fit.save(tmp_path / "fit.nc")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_posterior_weights_are_required_and_sized(posterior, tmp_path):
+    tree = _read(posterior.save(tmp_path / "post.nc"))
+    weights = tree["weights"].to_dataset()
+    short = tree.copy()
+    short["weights"] = weights.isel(obs=slice(3, None))
+    path = _write(short, tmp_path / "short.nc")
+    n = weights.sizes["obs"]
+    refused(
+        path,
+        f"the file's 'obs' dimension has {n - 3} entries but its design has {n}: the file is "
+        f"damaged",
+    )
+    tree["weights"] = weights.drop_vars("weight")
+    path = _write(tree, tmp_path / "no_weight.nc")
+    refused(path, f"{str(path)!r} is incomplete: group 'weights' lacks weight")
+
+
+def test_analysis_files_need_their_weights(map_fit, tmp_path):
+    dataset = map_dataset(map_fit).drop_vars("weight")
+    path = save(xr.DataTree.from_dict({"map": dataset}), tmp_path / "r.nc")
+    refused(path, f"{str(path)!r} is incomplete: group 'map' lacks weight")
