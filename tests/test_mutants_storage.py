@@ -177,7 +177,7 @@ def test_labels_keep_their_values_types_and_name(case):
     index, encoding = LABELS[case]
     values, how = storage._label_array(index, "row")
     assert how == encoding
-    if encoding == "json":
+    if encoding == "json" or case == "text":  # variable-length strings in the file
         assert values.dtype == object and all(isinstance(v, str) for v in values)
     back = storage._labels(values, how, index.name)
     assert list(back) == list(index)
@@ -208,7 +208,7 @@ def test_categorical_labels_round_trip_as_their_values():
 
 
 def test_labels_that_cannot_be_saved_name_the_first_one():
-    index = pd.Index([pd.Timestamp("2024-01-02"), pd.Timestamp("2024-01-03")], dtype=object)
+    index = pd.Index([pd.Timestamp("2024-01-02"), 5], dtype=object)
     message = (
         "the group labels (e.g. Timestamp('2024-01-02 00:00:00') of type Timestamp) cannot be "
         "saved: use numbers, text or tuples of them (e.g. reset_index())"
@@ -459,7 +459,7 @@ def test_files_without_the_signature_are_refused(tmp_path, saved_path):
     with pytest.raises(
         ResultFileError,
         match=rf"^{re.escape(repr(str(path)))} cannot be read — "
-        r"it is truncated or damaged \(\w+: .*\)$",
+        r"it is truncated or damaged \(OSError: .+\)$",
     ):
         load(path)
 
