@@ -694,3 +694,22 @@ def test_analysis_files_need_their_weights(map_fit, tmp_path):
     dataset = map_dataset(map_fit).drop_vars("weight")
     path = save(xr.DataTree.from_dict({"map": dataset}), tmp_path / "r.nc")
     refused(path, f"{str(path)!r} is incomplete: group 'map' lacks weight")
+
+
+def test_map_dataset_names_the_labels_it_cannot_save(small):
+    frame, roles = small
+    frame = frame.set_axis(pd.date_range("2024-01-01", periods=len(frame), freq="D"))
+    fit = quietly(model_of(frame, roles).fit_map)
+    message = (
+        "the row labels (e.g. Timestamp('2024-01-01 00:00:00') of type Timestamp) cannot be "
+        "saved: use numbers, text or tuples of them (e.g. reset_index())"
+    )
+    with pytest.raises(ArgumentTypeError, match=f"^{re.escape(message)}$"):
+        map_dataset(fit)
+    frame, roles = small
+    schools = sorted(frame["school"].unique())
+    days = dict(zip(schools, pd.date_range("2024-01-01", periods=len(schools)), strict=True))
+    frame = frame.assign(school=frame["school"].map(days).astype(object))
+    fit = quietly(model_of(frame, roles).fit_map)
+    with pytest.raises(ArgumentTypeError, match=r"^the group labels \(e\.g\. Timestamp"):
+        map_dataset(fit)
