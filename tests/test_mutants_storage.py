@@ -713,3 +713,20 @@ def test_map_dataset_names_the_labels_it_cannot_save(small):
     fit = quietly(model_of(frame, roles).fit_map)
     with pytest.raises(ArgumentTypeError, match=r"^the group labels \(e\.g\. Timestamp"):
         map_dataset(fit)
+
+
+def test_tiny_weights_are_checked_to_an_absolute_tolerance(small, tmp_path):
+    frame, roles = small
+    fit = quietly(model_of(frame, roles).fit_map, sigma_beta=5.0)
+    weights = fit.weights.to_numpy()
+    smallest = int(np.argmin(np.abs(weights)))
+    assert abs(weights[smallest]) < 1e-6
+    saved = fit.save(tmp_path / "fit.nc")
+    path = _damaged(
+        saved, tmp_path, "map", "weight", lambda w: _set(smallest, w[smallest] + 5e-9)(w)
+    )
+    refused(
+        path,
+        "the saved MAP weights differ from a refit of the saved design and scales: the file is "
+        "damaged or was written by an incompatible version",
+    )
