@@ -138,6 +138,8 @@ def test_design_dataset_names_its_dims_dtypes_and_attributes(rich_design):
     )
     assert list(dataset["unit_covariate"].values) == list(rich_design.unit_names)
     assert list(dataset["group_covariate"].values) == list(rich_design.group_names)
+    for name in ("unit_covariate", "group_covariate"):  # variable-length strings in the file
+        assert dataset[name].dtype == object, name
     attrs = dataset.attrs
     roles = json.loads(attrs["roles"])
     assert roles["varying_slopes"] == ["x1"] and roles["group"] == "school"
@@ -704,15 +706,17 @@ def test_map_dataset_names_the_labels_it_cannot_save(small):
         "the row labels (e.g. Timestamp('2024-01-01 00:00:00') of type Timestamp) cannot be "
         "saved: use numbers, text or tuples of them (e.g. reset_index())"
     )
-    with pytest.raises(ArgumentTypeError, match=f"^{re.escape(message)}$"):
-        map_dataset(fit)
+    for convert in (map_dataset, lambda fit: design_dataset(fit.design)):
+        with pytest.raises(ArgumentTypeError, match=f"^{re.escape(message)}$"):
+            convert(fit)
     frame, roles = small
     schools = sorted(frame["school"].unique())
     days = dict(zip(schools, pd.date_range("2024-01-01", periods=len(schools)), strict=True))
     frame = frame.assign(school=frame["school"].map(days).astype(object))
     fit = quietly(model_of(frame, roles).fit_map)
-    with pytest.raises(ArgumentTypeError, match=r"^the group labels \(e\.g\. Timestamp"):
-        map_dataset(fit)
+    for convert in (map_dataset, lambda fit: design_dataset(fit.design)):
+        with pytest.raises(ArgumentTypeError, match=r"^the group labels \(e\.g\. Timestamp"):
+            convert(fit)
 
 
 def test_tiny_weights_are_checked_to_an_absolute_tolerance(small, tmp_path):
