@@ -488,7 +488,8 @@ def test_a_design_with_group_covariates_only():
 
 @pytest.fixture(scope="module")
 def weighted_study():
-    """Base weights; s001 has a single treated unit, s002 a single control, s003 no controls."""
+    """Base weights; s001 has a single treated unit, s002 a single control, s003 no controls,
+    s004 no treated units."""
     frame, roles = make_frame(seed=35, sizes=(8, 30), n_groups=5, n_unit=2, n_group=1)
     frame["base"] = np.random.default_rng(35).uniform(0.5, 2.0, len(frame))
     for label, arm in (("s001", 0), ("s002", 1)):
@@ -496,6 +497,7 @@ def weighted_study():
         frame.loc[rows, "z"] = arm
         frame.loc[rows[0], "z"] = 1 - arm
     frame.loc[frame["school"] == "s003", "z"] = 1
+    frame.loc[frame["school"] == "s004", "z"] = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HierpsWarning)
         model = hierps.Model(frame, weights="base", **roles)
@@ -523,7 +525,7 @@ def test_bootstrap_effects_with_base_weights_by_hand(weighted_study):
         mass = bootstrap[s] * weights[s]  # bootstrap × base (treated), × base × odds (controls)
         expected, _, treated_sum, _ = by_hand(design, mass, mass, "att")
         np.testing.assert_allclose(catt[s], expected, rtol=1e-10)
-        estimable = np.isfinite(expected)  # s003 has no controls
+        estimable = np.isfinite(expected)  # s003 has no controls, s004 no treated
         share = treated_sum[estimable] / treated_sum[estimable].sum()
         assert att[s] == pytest.approx(share @ expected[estimable], rel=1e-10)
     assert stored.attrs["description"] == (
@@ -573,10 +575,11 @@ def test_unstable_groups_are_those_with_both_arms(weighted_study):
     with pytest.warns(HierpsWarning) as caught:
         from_idata(design, huge, uncertainty="propensity")
     (message,) = [str(w.message) for w in caught if "under- or overflow" in str(w.message)]
-    # s003 lacks controls: named as such, not as unstable; s001 and s002 have one unit in an
-    # arm and are unstable like s000 and s004.
+    # s003 and s004 lack an arm: named as such, not as unstable; s001 and s002 have one unit
+    # in an arm and are unstable like s000.
     assert "group(s) 's003' of 'school' have no control units" in message
+    assert "group(s) 's004' have no treated units" in message
     assert (
         "the control weights of group(s) 's000' (100% of draws), 's001' (100% of draws), "
-        "'s002' (100% of draws), 's004' (100% of draws) under- or overflow"
+        "'s002' (100% of draws) under- or overflow"
     ) in message
