@@ -33,6 +33,14 @@ def _model(seed=51, weights=False, outcome=True, **kwargs):
         )
 
 
+def _other_fit(seed, n_groups, **options):
+    """A MAP fit of another simulated design, for warm starts that do not fit."""
+    frame, roles = make_frame(seed=seed, sizes=(20, 40), n_groups=n_groups, n_unit=3, n_group=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierpsWarning)
+        return hierps.Model(frame, **options, **roles).fit_map()
+
+
 @pytest.fixture(scope="module")
 def model():
     return _model()
@@ -147,10 +155,7 @@ def test_warm_starts_need_the_same_design_and_count_only_for_the_same_estimand(m
     assert other.iterations == cold.iterations
     with pytest.raises(ArgumentTypeError, match=r"^init must be a MapResult or None, not dict$"):
         model.fit_map(init={})
-    frame, roles = make_frame(seed=52, sizes=(20, 40), n_groups=5, n_unit=3, n_group=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HierpsWarning)
-        all_slopes = hierps.Model(frame, **roles).fit_map()
+    all_slopes = _other_fit(seed=52, n_groups=5)
     with pytest.raises(
         ArgumentError,
         match=r"^init is a fit of another design \(other covariates or varying slopes\): "
@@ -207,10 +212,7 @@ def test_bad_choices_name_the_argument(model):
 
 
 def test_warm_start_from_another_number_of_groups_is_named(model):
-    frame, roles = make_frame(seed=53, sizes=(20, 40), n_groups=4, n_unit=3, n_group=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HierpsWarning)
-        other = hierps.Model(frame, varying_slopes=["x1", "x3"], **roles).fit_map()
+    other = _other_fit(seed=53, n_groups=4, varying_slopes=["x1", "x3"])
     with pytest.raises(
         ArgumentError,
         match=r"^init has 4 groups but the design has 5: warm starts need a fit of the same "
