@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_mutants_calibrated import CASES, random_problem
+from test_mutants_calibrated import CASES, by_hand, random_problem
 
 import hierps.calibrated.newton as newton_module
 from hierps.calibrated.newton import newton_solve
@@ -197,3 +197,20 @@ def test_pair_conjugate_gradients_stop_where_the_curvature_fails():
     assert count == 1
     np.testing.assert_array_equal(x[0], start[0])
     np.testing.assert_array_equal(x[1], start[1])
+
+
+@pytest.mark.parametrize("entry", ["a0", "gamma", "mu_1", "mu_2", "local"])
+def test_a_warm_start_is_evaluated_where_it_is(entry):
+    # Only the default start (every coefficient but a0 zero) may use the Gram matrices.
+    problem, data = random_problem([0], seed=13)
+    theta_global = np.zeros(problem.n_global)
+    theta_local = np.zeros((problem.n_groups, problem.n_local))
+    if entry == "local":
+        theta_local[3, 0] = 0.7
+    else:
+        theta_global[["a0", "gamma", "mu_1", "mu_2"].index(entry)] = 0.7
+    trace = newton_solve(problem, theta_global, theta_local, max_iterations=0)
+    _, _, value, gradient_global, gradient_local = by_hand(data, theta_global, theta_local)
+    assert trace.history[0] == pytest.approx(value, rel=1e-12)
+    largest = max(np.abs(gradient_global).max(), np.abs(gradient_local).max())
+    assert trace.max_gradient == pytest.approx(largest, rel=1e-10)
